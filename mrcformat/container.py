@@ -1,0 +1,99 @@
+"""The in-memory model of a `.mrc` file (SPEC.md section 7) and its format constants.
+
+`writer.py` turns a Container into bytes, `reader.py` turns bytes back into a Container
+after checking every rule of the spec.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .bitpack import packed_length
+from .layout import Layout, num_blocks
+from .sampler import check_coding_parameters
+
+__all__ = ["MAGIC", "VERSION", "PREAMBLE_SIZE", "SAMPLER", "DTYPES", "SECTION_KINDS", "Group", "Tensor", "Container"]
+
+MAGIC = b"\x89MRC\r\n\x1a\n"
+VERSION = (1, 0)
+PREAMBLE_SIZE = 24
+SAMPLER = "normal16"
+# dtype name in the header -> numpy little-endian dtype string (bfloat16 travels as its uint16 bits)
+DTYPES = {
+    "float32": "<f4", "float16": "<f2", "float64": "<f8", "bfloat16": "<u2",
+    "int8": "i1", "uint8": "u1", "int16": "<i2", "int32": "<i4", "int64": "<i8", "bool": "u1",
+}
+SECTION_KINDS = ("indices", "raw", "graph")
+
+
+@dataclass
+class Group:
+    """One coding unit: coding distribution N(mu, sigma^2), block layout and chosen indices."""
+
+    mu_bits: int                 # float32 bit pattern of mu
+    sigma_bits: int              # bfloat16 bit pattern of sigma
+    block_size: int
+    index_bits: int
+    num_values: int
+    layout: Layout
+    hashing: bool
+    indices: np.ndarray          # int64 [num_blocks], each < 2**index_bits
+
+    @property
+    def num_blocks(self) -> int:
+        return num_blocks(self.num_values, self.block_size)
+
+    @property
+    def payload_length(self) -> int:
+        return packed_length(self.num_blocks, self.index_bits)
+
+    @property
+    def mu(self) -> np.float32:
+        return check_coding_parameters(self.mu_bits, self.sigma_bits)[0]
+
+    @property
+    def sigma(self) -> np.float32:
+        return check_coding_parameters(self.mu_bits, self.sigma_bits)[1]
+
+
+@dataclass
+class Tensor:
+    """A named tensor: `coded` (float32, regenerated from a group) or `raw` (stored bytes)."""
+
+    name: str
+    shape: tuple[int, ...]
+    encoding: str                # "coded" | "raw"
+    group: int | None = None     # coded only
+    dtype: str = "float32"       # raw: key of DTYPES; coded: always float32
+    data: np.ndarray | None = None  # raw only: array of DTYPES[dtype] with `shape`
+    section: int | None = None   # raw only, set by the reader: index of the tensor's section
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Container:
+    seed: int
+    groups: list[Group] = field(default_factory=list)
+    tensors: list[Tensor] = field(default_factory=list)
+    graph: bytes | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    version: tuple[int, int] = VERSION
+
+    def tensor(self, name: str) -> Tensor:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def group_members(self, g: int) -> list[Tensor]:
+        return [t for t in self.tensors if t.encoding == "coded" and t.group == g]
+
+    def group_weights(self, g: int) -> int:
+        return sum(t.numel for t in self.group_members(g))

@@ -1,0 +1,79 @@
+"""Reference decoder in numpy (SPEC.md section 10): regenerate every tensor from a container.
+
+Work runs in slot order, a bounded chunk of blocks at a time: Philox words, 16-bit samples,
+mu + sigma * T[u], then a scatter to the values' positions (pi^-1). Without hashing the
+values land directly in the output, so a decode holds the output plus one chunk buffer;
+with hashing the group's coded values (<= its output size) are kept for the final gather.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from .container import Container, Group
+from .layout import inverse_positions_range
+from .sampler import check_coding_parameters, normal_table, values_from_u16
+from .streams import candidate_u16, hash_words
+
+__all__ = ["DEFAULT_CHUNK", "decode_values", "decode_group", "iter_decode", "decode"]
+
+DEFAULT_CHUNK = 1 << 18  # slots (or weights) per chunk: ~10 MiB of temporaries
+
+
+def decode_values(seed: int, gid: int, g: Group, out: np.ndarray | None = None,
+                  chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    """The group's coded values v[0..num_values) as float32."""
+    n, bsz = g.num_values, g.block_size
+    mu, sigma = check_coding_parameters(g.mu_bits, g.sigma_bits)
+    if out is None:
+        out = np.empty(n, dtype=np.float32)
+    normal_table()  # hash check before any work
+    per = max(1, chunk // bsz)
+    vals = np.empty(per * bsz, dtype=np.float32)
+    for b0 in range(0, g.num_blocks, per):
+        b1 = min(b0 + per, g.num_blocks)
+        u = candidate_u16(seed, gid, np.arange(b0, b1), g.indices[b0:b1], bsz)
+        p0, p1 = b0 * bsz, min(b1 * bsz, n)  # positions >= n are padding
+        v = values_from_u16(u.reshape(-1)[: p1 - p0], mu, sigma, out=vals[: p1 - p0])
+        out[inverse_positions_range(g.layout, p0, p1, n)] = v
+    return out
+
+
+def decode_group(c: Container, gid: int, out: np.ndarray | None = None, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    """The group's weight vector (its coded tensors' elements, concatenated in header order)."""
+    g = c.groups[gid]
+    nw = c.group_weights(gid)
+    if out is None:
+        out = np.empty(nw, dtype=np.float32)
+    if not g.hashing:
+        return decode_values(c.seed, gid, g, out=out, chunk=chunk)
+    values = decode_values(c.seed, gid, g, chunk=chunk)
+    for t0 in range(0, nw, chunk):
+        t1 = min(t0 + chunk, nw)
+        index, sign = hash_words(c.seed, gid, np.arange(t0, t1, dtype=np.uint64), g.num_values)
+        np.multiply(np.take(values, index), sign, out=out[t0:t1])
+    return out
+
+
+def iter_decode(c: Container, chunk: int = DEFAULT_CHUNK) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (name, array) in header order, decoding each group once, when its first tensor comes."""
+    done: dict[int, dict[str, np.ndarray]] = {}
+    for t in c.tensors:
+        if t.encoding == "raw":
+            yield t.name, t.data
+            continue
+        if t.group not in done:
+            flat = decode_group(c, t.group, chunk=chunk)
+            views, pos = {}, 0
+            for m in c.group_members(t.group):
+                views[m.name] = flat[pos:pos + m.numel].reshape(m.shape)
+                pos += m.numel
+            done = {t.group: views}  # earlier groups are finished: drop them
+        yield t.name, done[t.group][t.name]
+
+
+def decode(c: Container, chunk: int = DEFAULT_CHUNK) -> dict[str, np.ndarray]:
+    """Every tensor of the file: coded ones as float32, raw ones in their stored dtype
+    (bfloat16 as its uint16 bit patterns)."""
+    return dict(iter_decode(c, chunk=chunk))

@@ -1,0 +1,17 @@
+"""Caps of format version 1 (SPEC.md section 8). Readers reject files that exceed them."""
+
+HEADER_MAX = 16 * 1024 * 1024      # bytes of msgpack header
+MAX_RANK = 8
+MAX_DIM = 2**31 - 1
+MAX_TENSOR_ELEMENTS = 2**31 - 1
+MAX_GROUP_WEIGHTS = 2**32 - 1      # elements of all tensors of one group
+MAX_NUM_VALUES = 2**31 - 1         # coded values of one group (affine a*i stays < 2**62)
+MAX_BLOCK_SIZE = 4096              # slots per block: bounds values per index bit
+MAX_HASH_RATIO = 256               # weights per coded value with the hashing trick
+MAX_INDEX_BITS = 32
+MAX_GROUPS = 65536
+MAX_TENSORS = 65536
+MAX_NAME_BYTES = 1024
+MAX_METADATA_ENTRIES = 4096
+MAX_METADATA_KEY_BYTES = 256
+ALIGNMENT = 64

@@ -1,0 +1,115 @@
+"""Writing `.mrc` files (SPEC.md sections 6-7): canonical header, aligned sections, atomic save."""
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+from . import limits as L
+from .bitpack import pack_indices
+from .container import DTYPES, MAGIC, PREAMBLE_SIZE, SAMPLER, Container
+from .reader import from_bytes
+
+__all__ = ["to_bytes", "save"]
+
+def _align(n: int) -> int:
+    return -(-n // L.ALIGNMENT) * L.ALIGNMENT
+
+
+def _section_payloads(c: Container) -> tuple[list[tuple[str, bytes]], int | None, int | None, dict[int, int]]:
+    """Sections in file order: indices first, then raw tensors in tensor order, then the graph."""
+    sections: list[tuple[str, bytes]] = []
+    indices_section = graph_section = None
+    raw_section: dict[int, int] = {}
+    if c.groups:
+        payload = b"".join(pack_indices(g.indices, g.index_bits) for g in c.groups)
+        indices_section = len(sections)
+        sections.append(("indices", payload))
+    for ti, t in enumerate(c.tensors):
+        if t.encoding == "raw":
+            arr = np.ascontiguousarray(t.data, dtype=DTYPES[t.dtype])
+            raw_section[ti] = len(sections)
+            sections.append(("raw", arr.tobytes()))
+    if c.graph is not None:
+        graph_section = len(sections)
+        sections.append(("graph", bytes(c.graph)))
+    return sections, indices_section, graph_section, raw_section
+
+
+def _header_object(c: Container, sections: list[tuple[str, bytes]], offsets: list[int],
+                   indices_section: int | None, graph_section: int | None, raw_section: dict[int, int]) -> dict:
+    groups = [{
+        "mu": g.mu_bits, "sigma": g.sigma_bits, "block_size": g.block_size, "index_bits": g.index_bits,
+        "num_values": g.num_values, "layout": g.layout.to_header(), "hashing": bool(g.hashing),
+    } for g in c.groups]
+    tensors = []
+    for ti, t in enumerate(c.tensors):
+        entry: dict = {"name": t.name, "shape": [int(d) for d in t.shape], "encoding": t.encoding}
+        if t.encoding == "coded":
+            entry["group"] = t.group
+        else:
+            entry["dtype"] = t.dtype
+            entry["section"] = raw_section[ti]
+        tensors.append(entry)
+    secs = [{"kind": kind, "offset": off, "length": len(data), "crc32": zlib.crc32(data)}
+            for (kind, data), off in zip(sections, offsets)]
+    return {
+        "sampler": SAMPLER, "seed": int(c.seed), "groups": groups, "tensors": tensors,
+        "indices": indices_section, "graph": graph_section, "sections": secs,
+        "metadata": dict(sorted(c.metadata.items())),
+    }
+
+
+def to_bytes(c: Container) -> bytes:
+    """Serialise; the result is checked by the strict reader before it is returned."""
+    sections, isec, gsec, rsec = _section_payloads(c)
+    offsets = [0] * len(sections)
+    for _ in range(8):  # offsets change the header's length, which moves the offsets: iterate to a fixpoint
+        header = msgpack.packb(_header_object(c, sections, offsets, isec, gsec, rsec), use_bin_type=True)
+        pos, new = PREAMBLE_SIZE + len(header), []
+        for _, data in sections:
+            pos = _align(pos)
+            new.append(pos)
+            pos += len(data)
+        if new == offsets:
+            break
+        offsets = new
+    else:  # pragma: no cover - offsets only grow, so this converges in a few steps
+        raise RuntimeError("section offsets did not converge")
+    out = bytearray(MAGIC)
+    out += struct.pack("<HHIII", c.version[0], c.version[1], len(header), zlib.crc32(header), 0)
+    out += header
+    for off, (_, data) in zip(offsets, sections):
+        out += b"\0" * (off - len(out))
+        out += data
+    blob = bytes(out)
+    from_bytes(blob)  # never write a file our own reader would reject
+    return blob
+
+
+def save(c: Container, path: str | os.PathLike) -> int:
+    """Atomically write `c` to `path`: a temporary file in the same folder, fsync, rename.
+
+    A crash leaves either the old file or the new one, never a partial file. Returns the size.
+    """
+    data = to_bytes(c)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return len(data)
