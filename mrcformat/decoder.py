@@ -14,11 +14,11 @@ import numpy as np
 from .container import Container, Group
 from .layout import inverse_positions_range
 from .sampler import check_coding_parameters, normal_table, values_from_u16
-from .streams import candidate_u16, hash_words
+from .streams import candidate_u16, hash_range
 
 __all__ = ["DEFAULT_CHUNK", "decode_values", "decode_group", "iter_decode", "decode"]
 
-DEFAULT_CHUNK = 1 << 18  # slots (or weights) per chunk: ~10 MiB of temporaries
+DEFAULT_CHUNK = 1 << 16  # slots (or weights) per chunk: a few MiB of temporaries, cache-friendly
 
 
 def decode_values(seed: int, gid: int, g: Group, out: np.ndarray | None = None,
@@ -51,7 +51,7 @@ def decode_group(c: Container, gid: int, out: np.ndarray | None = None, chunk: i
     values = decode_values(c.seed, gid, g, chunk=chunk)
     for t0 in range(0, nw, chunk):
         t1 = min(t0 + chunk, nw)
-        index, sign = hash_words(c.seed, gid, np.arange(t0, t1, dtype=np.uint64), g.num_values)
+        index, sign = hash_range(c.seed, gid, t0, t1, g.num_values)
         np.multiply(np.take(values, index), sign, out=out[t0:t1])
     return out
 

@@ -12,7 +12,7 @@ from .philox import philox4x32
 
 __all__ = [
     "DOMAIN_CANDIDATE", "DOMAIN_HASH", "DOMAIN_CHOICE", "DOMAIN_LAYOUT", "SAMPLES_PER_CALL",
-    "seed_key", "domain_word", "candidate_u16", "hash_words",
+    "seed_key", "domain_word", "candidate_u16", "hash_words", "hash_range",
 ]
 
 DOMAIN_CANDIDATE = 0  # candidate values of blocks (normative)
@@ -62,3 +62,18 @@ def hash_words(seed: int, group: int, weights: np.ndarray, num_values: int) -> t
     index = ((r * np.uint64(num_values)) >> np.uint64(32)).astype(np.int64)
     sign = (np.float32(1) - np.float32(2) * s.astype(np.float32)).astype(np.float32)
     return index, sign
+
+
+def hash_range(seed: int, group: int, start: int, stop: int, num_values: int) -> tuple[np.ndarray, np.ndarray]:
+    """`hash_words` for the contiguous weight positions [start, stop), without per-lane gathers:
+    one Philox call covers positions 2m (words 0, 1) and 2m+1 (words 2, 3)."""
+    first = start >> 1
+    x = philox4x32(np.arange(first, (stop + 1) >> 1, dtype=np.uint64), 0, 0,
+                   domain_word(DOMAIN_HASH, group), seed_key(seed))
+    lo = start - 2 * first
+    r = x[:, 0::2].reshape(-1)[lo:lo + stop - start].astype(np.uint64)
+    s = x[:, 1::2].reshape(-1)[lo:lo + stop - start] & np.uint32(1)
+    r *= np.uint64(num_values)
+    r >>= np.uint64(32)
+    sign = np.float32(1) - np.float32(2) * s.astype(np.float32)
+    return r.astype(np.int64), sign

@@ -1,0 +1,159 @@
+"""Conformance: spec/ vectors, machine-readable constants, and an independent decoder written
+from SPEC.md alone (scalar, no code shared with the package beyond msgpack and the table file)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import struct
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+import mrcformat
+from mrcformat import limits
+from mrcformat.errors import MrcError
+from mrcformat.philox import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, philox4x32_scalar
+from mrcformat.sampler import TABLE_SHA256
+from mrcformat.streams import DOMAIN_CANDIDATE, DOMAIN_CHOICE, DOMAIN_HASH, DOMAIN_LAYOUT
+
+SPEC = Path(__file__).resolve().parent.parent / "spec"
+VECTORS = SPEC / "vectors"
+MANIFEST = json.loads((VECTORS / "manifest.json").read_text(encoding="utf-8"))
+CONSTANTS = json.loads((SPEC / "constants.json").read_text(encoding="utf-8"))
+
+
+def test_constants_json_matches_code():
+    p = CONSTANTS["philox4x32_10"]
+    assert [int(p[k], 16) for k in ("M0", "M1", "W0", "W1")] == [PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1]
+    for kat in p["known_answers"]:
+        out = philox4x32_scalar(tuple(int(x, 16) for x in kat["counter"]), tuple(int(x, 16) for x in kat["key"]))
+        assert [f"{x:08x}" for x in out] == kat["output"]
+    assert CONSTANTS["domains"] == {"candidate": DOMAIN_CANDIDATE, "hash": DOMAIN_HASH,
+                                    "choice": DOMAIN_CHOICE, "layout": DOMAIN_LAYOUT}
+    assert CONSTANTS["sampler"]["table_sha256"] == TABLE_SHA256
+    assert bytes.fromhex(CONSTANTS["format"]["magic_hex"]) == mrcformat.container.MAGIC
+    for key, value in CONSTANTS["limits"].items():
+        assert getattr(limits, key.upper()) == value, key
+
+
+def _le_bytes(arr: np.ndarray) -> bytes:
+    arr = np.ascontiguousarray(arr)
+    return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST["valid"]))
+def test_valid_vector_decodes_to_manifest(name):
+    data = (VECTORS / name).read_bytes()
+    entry = MANIFEST["valid"][name]
+    assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+    decoded = mrcformat.decode(mrcformat.from_bytes(data))
+    assert set(decoded) == set(entry["tensors"])
+    for tname, t in entry["tensors"].items():
+        assert list(decoded[tname].shape) == t["shape"]
+        assert hashlib.sha256(_le_bytes(decoded[tname])).hexdigest() == t["sha256"], tname
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST["invalid"]))
+def test_invalid_vector_is_rejected_with_its_code(name):
+    data = (VECTORS / name).read_bytes()
+    with pytest.raises(MrcError) as e:
+        mrcformat.from_bytes(data)
+    assert e.value.code == MANIFEST["invalid"][name]["code"]
+
+
+def test_vectors_regenerate_byte_identically():
+    spec = importlib.util.spec_from_file_location("make_vectors", SPEC / "make_vectors.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    files, manifest = mod.build()
+    for name, data in files.items():
+        assert (VECTORS / name).read_bytes() == data, name
+    assert manifest == MANIFEST
+
+
+# --------------------------------------------------------------------------------------------
+# An independent decoder, written from SPEC.md sections 3-7 and 10 only: one element at a time.
+
+def _philox(c, k):
+    c0, c1, c2, c3 = c
+    k0, k1 = k
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
+        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & 0xFFFFFFFF, (p0 >> 32) ^ c3 ^ k1, p0 & 0xFFFFFFFF
+    return c0, c1, c2, c3
+
+
+def _spec_decode(data: bytes) -> dict[str, bytes]:
+    assert data[:8] == b"\x89MRC\r\n\x1a\n"
+    hlen = struct.unpack_from("<I", data, 12)[0]
+    h = msgpack.unpackb(data[24:24 + hlen], raw=False)
+    table_bytes = (Path(mrcformat.__file__).parent / "_data" / "normal16.f32").read_bytes()
+    assert hashlib.sha256(table_bytes).hexdigest() == CONSTANTS["sampler"]["table_sha256"]
+    table = struct.unpack("<65536f", table_bytes)
+    seed = h["seed"]
+    key = (seed & 0xFFFFFFFF, seed >> 32)
+    out: dict[str, bytes] = {}
+    stream_pos = h["sections"][h["indices"]]["offset"] if h["indices"] is not None else 0
+    for g, grp in enumerate(h["groups"]):
+        n, bsz, w = grp["num_values"], grp["block_size"], grp["index_bits"]
+        nb = (n + bsz - 1) // bsz
+        plen = (nb * w + 7) // 8
+        payload = data[stream_pos:stream_pos + plen]
+        stream_pos += plen
+        idx = []
+        for b in range(nb):
+            val = 0
+            for bit in range(w):
+                m = b * w + bit
+                val |= ((payload[m // 8] >> (m % 8)) & 1) << bit
+            idx.append(val)
+        mu = np.float32(struct.unpack("<f", struct.pack("<I", grp["mu"]))[0])
+        sigma = np.float32(struct.unpack("<f", struct.pack("<I", grp["sigma"] << 16))[0])
+        lay = grp["layout"]
+
+        def pi(i):
+            return i if lay["kind"] == "contiguous" else (lay["a"] * i + lay["c"]) % n
+
+        def value(i):
+            p = pi(i)
+            b, j = divmod(p, bsz)
+            x = _philox((j >> 3, idx[b], b, (0 << 24) | g), key)
+            lane = j & 7
+            u = (x[lane >> 1] >> (16 * (lane & 1))) & 0xFFFF
+            return mu + sigma * np.float32(table[u])
+
+        members = [t for t in h["tensors"] if t["encoding"] == "coded" and t["group"] == g]
+        m = sum(math.prod(t["shape"]) for t in members)
+        weights = []
+        for t in range(m):
+            if grp["hashing"]:
+                x = _philox((t >> 1, 0, 0, (1 << 24) | g), key)
+                lane = t & 1
+                hv = (x[2 * lane] * n) >> 32
+                s = np.float32(-1.0) if x[2 * lane + 1] & 1 else np.float32(1.0)
+                weights.append(s * value(hv))
+            else:
+                weights.append(value(t))
+        pos = 0
+        for t in members:
+            k = math.prod(t["shape"])
+            out[t["name"]] = np.array(weights[pos:pos + k], dtype="<f4").tobytes()
+            pos += k
+    for t in h["tensors"]:
+        if t["encoding"] == "raw":
+            s = h["sections"][t["section"]]
+            out[t["name"]] = data[s["offset"]:s["offset"] + s["length"]]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST["valid"]))
+def test_independent_spec_decoder_matches_manifest(name):
+    decoded = _spec_decode((VECTORS / name).read_bytes())
+    for tname, t in MANIFEST["valid"][name]["tensors"].items():
+        assert hashlib.sha256(decoded[tname]).hexdigest() == t["sha256"], tname
