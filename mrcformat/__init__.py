@@ -10,9 +10,11 @@ from .writer import save, to_bytes
 from .decoder import decode, decode_group, iter_decode
 from .errors import MrcError
 from .layout import Layout
+from .validate import validate_bytes, validate_file
 
 __version__ = "0.1.0"
 __all__ = [
     "Container", "Group", "Tensor", "Layout", "MrcError", "load", "save", "from_bytes", "to_bytes",
-    "decode", "decode_group", "iter_decode", "candidates", "regenerate", "choose_index", "__version__",
+    "decode", "decode_group", "iter_decode", "candidates", "regenerate", "choose_index", "validate_bytes",
+    "validate_file", "__version__",
 ]

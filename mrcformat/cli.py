@@ -1,7 +1,299 @@
-"""Command-line tool `mrc` (placeholder: replaced by the CLI work)."""
+"""Command-line tool `mrc`: inspect, validate, decode and export `.mrc` files.
+
+Exit codes: 0 success; 1 `validate` found problems; 2 the file (or an argument) is unusable:
+a one-line message on stderr, never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
 import click
+import numpy as np
+
+from .container import SAMPLER, Container
+from .errors import MrcError
+from .validate import validate_file
+
+__all__ = ["info_dict", "main"]
+
+EXIT_PROBLEMS = 1
+EXIT_ERROR = 2
 
 
-@click.group()
+def _one_line(s: str) -> str:
+    return s.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _show(s: str) -> str:
+    """A tensor name or metadata string for a table cell: printable as is, escaped otherwise."""
+    return s if s.isprintable() else repr(s)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"mrc: error: {_one_line(message)}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _load(path: str) -> tuple[Container, int]:
+    from .reader import from_bytes
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        _fail(f"{path}: cannot read: {e.strerror or type(e).__name__}")
+    try:
+        return from_bytes(data), len(data)
+    except MrcError as e:
+        _fail(f"{path}: {e}")
+
+
+# ---------------------------------------------------------------------------------------------- info
+
+def _graph_info(graph: bytes | None) -> dict:
+    if graph is None:
+        return {"present": False}
+    out: dict = {"present": True, "bytes": len(graph)}
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - onnx is optional
+        return out
+    model = onnx.ModelProto.FromString(graph)  # already checked by the reader
+    out["opset"] = {imp.domain or "ai.onnx": int(imp.version) for imp in model.opset_import}
+    out["ir_version"] = int(model.ir_version)
+    out["nodes"] = len(model.graph.node)
+    out["inputs"] = [i.name for i in model.graph.input]
+    out["outputs"] = [o.name for o in model.graph.output]
+    return out
+
+
+def info_dict(c: Container, file_size: int) -> dict:
+    """Everything `mrc info` shows, as plain JSON-able values."""
+    groups = []
+    for gi, g in enumerate(c.groups):
+        members = c.group_members(gi)
+        layout = {"kind": g.layout.kind}
+        if g.layout.kind == "affine":
+            layout.update(a=g.layout.a, c=g.layout.c)
+        groups.append({
+            "index": gi, "mu": float(g.mu), "sigma": float(g.sigma),
+            "mu_bits": f"0x{g.mu_bits:08x}", "sigma_bits": f"0x{g.sigma_bits:04x}",
+            "block_size": g.block_size, "index_bits": g.index_bits, "num_values": g.num_values,
+            "num_blocks": g.num_blocks, "weights": sum(t.numel for t in members),
+            "payload_bytes": g.payload_length, "layout": layout, "hashing": bool(g.hashing),
+            "tensors": [t.name for t in members],
+        })
+    tensors = []
+    for t in c.tensors:
+        entry = {"name": t.name, "shape": list(t.shape), "numel": t.numel, "encoding": t.encoding, "dtype": t.dtype}
+        if t.encoding == "coded":
+            entry["group"] = t.group
+        else:
+            entry["section"] = t.section
+        tensors.append(entry)
+    payload_bits = sum(g.num_blocks * g.index_bits for g in c.groups)
+    return {
+        "version": f"{c.version[0]}.{c.version[1]}",
+        "sampler": SAMPLER,
+        "seed": int(c.seed),
+        "file_bytes": file_size,
+        "index_payload_bytes": sum(g.payload_length for g in c.groups),
+        "index_payload_bits": payload_bits,
+        "coded_weights": sum(t.numel for t in c.tensors if t.encoding == "coded"),
+        "coded_values": sum(g.num_values for g in c.groups),
+        "raw_elements": sum(t.numel for t in c.tensors if t.encoding == "raw"),
+        "raw_bytes": sum(t.data.nbytes for t in c.tensors if t.encoding == "raw" and t.data is not None),
+        "groups": groups,
+        "tensors": tensors,
+        "graph": _graph_info(c.graph),
+        "metadata": dict(c.metadata),
+    }
+
+
+def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    fmt = lambda r: "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip()
+    return [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+
+
+def _print_info(path: str, d: dict) -> None:
+    echo = click.echo
+    echo(f"file            {path}")
+    echo(f"format version  {d['version']}")
+    echo(f"sampler         {d['sampler']}")
+    echo(f"seed            {d['seed']} (0x{d['seed']:016x})")
+    echo(f"file size       {d['file_bytes']} bytes")
+    bits, cw = d["index_payload_bits"], d["coded_weights"]
+    rate = f", {bits / cw:.4g} bits/weight" if cw else ""
+    echo(f"index payload   {d['index_payload_bytes']} bytes ({bits} bits{rate})")
+    echo(f"coded weights   {cw} ({d['coded_values']} coded values)")
+    echo(f"raw elements    {d['raw_elements']} ({d['raw_bytes']} bytes)")
+    g = d["graph"]
+    if g["present"]:
+        extra = ""
+        if "opset" in g:
+            extra = ", opset " + ", ".join(f"{k} {v}" for k, v in sorted(g["opset"].items())) + f", {g['nodes']} nodes"
+        echo(f"graph           {g['bytes']} bytes{extra}")
+    else:
+        echo("graph           none")
+    if d["groups"]:
+        echo("")
+        echo(f"groups ({len(d['groups'])})")
+        rows = []
+        for gr in d["groups"]:
+            lay = gr["layout"]
+            layout = "contiguous" if lay["kind"] == "contiguous" else f"affine a={lay['a']} c={lay['c']}"
+            rows.append([str(gr["index"]), f"{gr['mu']:.6g}", f"{gr['sigma']:.6g}", str(gr["block_size"]),
+                         str(gr["index_bits"]), str(gr["num_values"]), str(gr["weights"]), str(gr["num_blocks"]),
+                         layout, "yes" if gr["hashing"] else "no", ", ".join(_show(n) for n in gr["tensors"])])
+        for line in _table(rows, ["#", "mu", "sigma", "block", "bits", "values", "weights", "blocks",
+                                  "layout", "hashing", "tensors"]):
+            echo("  " + line)
+    if d["tensors"]:
+        echo("")
+        echo(f"tensors ({len(d['tensors'])})")
+        rows = [[_show(t["name"]), "x".join(map(str, t["shape"])) or "scalar", str(t["numel"]), t["encoding"], t["dtype"],
+                 f"group {t['group']}" if t["encoding"] == "coded" else f"section {t['section']}"]
+                for t in d["tensors"]]
+        for line in _table(rows, ["name", "shape", "elements", "encoding", "dtype", "source"]):
+            echo("  " + line)
+    if d["metadata"]:
+        echo("")
+        echo(f"metadata ({len(d['metadata'])})")
+        for k, v in sorted(d["metadata"].items()):
+            echo(f"  {_show(k)} = {_show(v)}")
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mrcformat", prog_name="mrc")
 def main() -> None:
-    """Inspect, validate, decode and export .mrc files."""
+    """Inspect, validate, decode and export .mrc files (MIRACLE-compressed networks)."""
+
+
+_EXISTING = click.Path(exists=True, dir_okay=False)
+
+
+@main.command()
+@click.argument("file", type=_EXISTING)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
+def info(file: str, as_json: bool) -> None:
+    """Summarise FILE: coding groups, tensors, graph and metadata."""
+    c, size = _load(file)
+    d = info_dict(c, size)
+    if as_json:
+        click.echo(json.dumps({"file": file, **d}, indent=2, ensure_ascii=False))
+    else:
+        _print_info(file, d)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {file, valid, problems}.")
+@click.option("--no-graph", is_flag=True, help="Do not check the stored ONNX graph.")
+def validate(files: tuple[str, ...], as_json: bool, no_graph: bool) -> None:
+    """Check FILE... against every rule of the format; report all problems.
+
+    Exit status 0 when every file is valid, 1 otherwise. One line per problem:
+    `FILE: <code> at <where>: <message>`.
+    """
+    results = []
+    for f in files:
+        problems = validate_file(f, check_graph=not no_graph)
+        results.append({"file": f, "valid": not problems, "problems": [p.to_dict() for p in problems]})
+        if not as_json:
+            if problems:
+                for p in problems:
+                    click.echo(f"{f}: {_one_line(str(p))}")
+            else:
+                click.echo(f"{f}: ok")
+    if as_json:
+        click.echo(json.dumps(results, indent=2, ensure_ascii=False))
+    sys.exit(0 if all(r["valid"] for r in results) else EXIT_PROBLEMS)
+
+
+def _write_npz(c: Container, out: Path) -> int:
+    """Every tensor into an .npz (the layout np.savez writes: one `<name>.npy` per tensor, no pickle).
+
+    Written through a temporary file and renamed, so a failure never leaves a partial archive.
+    np.savez itself is not used because a tensor may be named like one of its parameters ("file").
+    """
+    from .decoder import iter_decode
+
+    for t in c.tensors:
+        if "\0" in t.name:  # zipfile cuts names at NUL
+            raise ValueError(f"tensor name {t.name!r} contains NUL and cannot be stored in an .npz")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    n = 0
+    try:
+        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, arr in iter_decode(c):
+                t = c.tensor(name)
+                if t.encoding == "raw" and t.dtype == "bool":
+                    arr = arr.view(np.bool_)  # stored as bytes 0/1 (checked by the reader)
+                with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(arr), allow_pickle=False)
+                n += 1
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return n
+
+
+@main.command()
+@click.argument("file", type=_EXISTING)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="Destination .npz file.")
+def decode(file: str, output: str) -> None:
+    """Decode every tensor of FILE into an .npz archive.
+
+    Coded tensors come out as float32, raw tensors in their stored dtype (bfloat16 as its
+    uint16 bit patterns, bool as numpy bool). Load with numpy.load(OUTPUT) (no pickle needed).
+    """
+    c, _ = _load(file)
+    out = Path(output)
+    try:
+        n = _write_npz(c, out)
+    except (OSError, ValueError) as e:
+        _fail(f"{output}: cannot write: {e}")
+    click.echo(f"wrote {n} tensors to {output}")
+
+
+@main.command()
+@click.argument("file", type=_EXISTING)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="Destination .onnx file.")
+@click.option("--self-decoding", is_flag=True,
+              help="Embed the decoder in the graph (weights regenerated at load time) instead of decoded weights.")
+def export(file: str, output: str, self_decoding: bool) -> None:
+    """Export FILE (which must hold a graph) as a standalone ONNX model."""
+    try:
+        from mrcformat_runtime.onnx_export import export as onnx_export
+    except ImportError as e:
+        missing = getattr(e, "name", None) or ""
+        hint = "" if missing.startswith("mrcformat_runtime") else "; install the extra: pip install 'mrcformat[onnx]'"
+        _fail(f"ONNX export is not available: {e}{hint}")
+    _load(file)  # one clean message for a bad file, before the exporter runs
+    try:
+        nbytes = onnx_export(file, output, self_decoding=self_decoding)
+    except MrcError as e:
+        _fail(f"{file}: {e}")
+    except OSError as e:
+        _fail(f"{output}: cannot write: {e.strerror or e}")
+    except ValueError as e:  # e.g. a file without a graph
+        _fail(f"{file}: cannot export: {e}")
+    click.echo(f"wrote {nbytes} bytes to {output}" + (" (self-decoding)" if self_decoding else ""))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

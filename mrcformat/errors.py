@@ -13,7 +13,8 @@ __all__ = [
     "UnknownEncodingError", "UnknownDTypeError", "UnknownSamplerError", "IndexWidthError",
     "BlockSizeError", "CodingParameterError", "LayoutParameterError", "HashingError",
     "SectionLayoutError", "PaddingError", "SectionReferenceError", "SectionLengthError",
-    "IndexPayloadError", "MetadataError", "GraphError", "ExternalDataError", "TableError",
+    "IndexPayloadError", "MetadataError", "GraphError", "ExternalDataError", "TableError", "ReadError",
+    "InternalError",
 ]
 
 
@@ -55,7 +56,7 @@ UnknownFieldError = _kind("UnknownFieldError", "unknown-field", "A header field 
 FieldValueError = _kind("FieldValueError", "field-value", "A header field has a value outside its domain.")
 LimitError = _kind("LimitError", "limit", "A count or size exceeds a cap of the format or of the reader.")
 ShapeError = _kind("ShapeError", "shape", "A tensor shape is negative, too large, or overflows.")
-DuplicateNameError = _kind("DuplicateNameError", "duplicate-name", "Two tensors share a name, or a map repeats a key.")
+DuplicateNameError = _kind("DuplicateNameError", "duplicate-name", "Two tensors share a name. (A repeated header map key is a header-decode error.)")
 UnknownEncodingError = _kind("UnknownEncodingError", "unknown-encoding", "A tensor encoding this version does not define.")
 UnknownDTypeError = _kind("UnknownDTypeError", "unknown-dtype", "A raw tensor dtype this version does not define.")
 UnknownSamplerError = _kind("UnknownSamplerError", "unknown-sampler", "A sampler this version does not define.")
@@ -72,4 +73,6 @@ IndexPayloadError = _kind("IndexPayloadError", "index-payload", "The packed inde
 MetadataError = _kind("MetadataError", "metadata", "Metadata is not a map of strings to strings, or too large.")
 GraphError = _kind("GraphError", "graph", "The architecture graph is malformed or inconsistent with the tensors.")
 ExternalDataError = _kind("ExternalDataError", "external-data", "The graph refers to data outside the file.")
+ReadError = _kind("ReadError", "read-error", "The file could not be opened or read (missing, a directory, no permission).")
+InternalError = _kind("InternalError", "internal-error", "The reader failed in an unforeseen way: a bug, reported instead of raised.")
 TableError = _kind("TableError", "table", "The installed sampler table does not match its specified SHA-256.")

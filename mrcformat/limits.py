@@ -15,3 +15,8 @@ MAX_NAME_BYTES = 1024
 MAX_METADATA_ENTRIES = 4096
 MAX_METADATA_KEY_BYTES = 256
 ALIGNMENT = 64
+
+# Not a format cap: the reference reader's default bound on the bytes a file may decode to
+# (SPEC.md section 8 lets readers impose lower limits). A 64 KB file can legally declare ~2**31
+# weights; this keeps a hostile file from forcing a huge allocation. Callers can raise or drop it.
+DEFAULT_MAX_DECODED_BYTES = 2**32

@@ -50,9 +50,9 @@ class _Fields:
     """Typed access to one header map; reports problems with the field path."""
 
     def __init__(self, obj, path: str, report: Report, known: tuple[str, ...], strict_unknown: bool):
-        self.obj, self.path, self.report, self.ok = obj, path, report, True
+        self.obj, self.path, self.report, self.ok, self.is_map = obj, path, report, True, True
         if not isinstance(obj, dict):
-            self.ok = False
+            self.ok = self.is_map = False
             report(FieldTypeError(f"expected a map, found {type(obj).__name__}", path))
             self.obj = {}
             return
@@ -60,12 +60,14 @@ class _Fields:
             for k in obj:
                 if k not in known:
                     self.ok = False
-                    report(UnknownFieldError(f"field {k!r} is not defined in this format version", f"{path}.{k}" if path else k))
+                    report(UnknownFieldError(f"field {k!r} is not defined in this format version", f"{path}.{k}" if path else str(k)))
 
     def _p(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
     def get(self, key: str, check: Callable[[object], bool], kind: str, optional_nil: bool = False):
+        if not self.is_map:  # already reported as a whole; its fields are not missing one by one
+            return None
         if key not in self.obj:
             self.ok = False
             self.report(MissingFieldError(f"required field {key!r} is missing", self._p(key)))
@@ -121,7 +123,8 @@ def _check_string(s, max_bytes: int) -> bool:
     return isinstance(s, str) and 0 < len(s.encode("utf-8", "surrogatepass")) <= max_bytes
 
 
-def parse(data: bytes | memoryview, report: Report = _raise, check_graph: bool = True) -> Container | None:
+def parse(data: bytes | memoryview, report: Report = _raise, check_graph: bool = True,
+          max_decoded_bytes: int | None = L.DEFAULT_MAX_DECODED_BYTES) -> Container | None:
     """Parse and check a whole file. With the default `report`, the first problem is raised.
 
     Raw tensors are read-only numpy views of `data` (no copy). Returns None only when a
@@ -159,7 +162,7 @@ def parse(data: bytes | memoryview, report: Report = _raise, check_graph: bool =
     if obj is None:
         return None
     strict = minor <= VERSION[1]
-    return _parse_header(obj, buf, n, hend, (major, minor), strict, report, check_graph)
+    return _parse_header(obj, buf, n, hend, (major, minor), strict, report, check_graph, max_decoded_bytes)
 
 
 _TOP = ("sampler", "seed", "groups", "tensors", "indices", "graph", "sections", "metadata")
@@ -170,7 +173,7 @@ _SECTION = ("kind", "offset", "length", "crc32")
 
 
 def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, report: Report,
-                  check_graph: bool) -> Container | None:
+                  check_graph: bool, max_decoded_bytes: int | None) -> Container | None:
     top = _Fields(obj, "", report, _TOP, strict)
     sampler = top.get("sampler", lambda v: isinstance(v, str), "a string")
     if sampler is not None and sampler != SAMPLER:
@@ -199,6 +202,9 @@ def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, repo
     used: dict[int, str] = {}
 
     def claim(si: int, kind: str, who: str) -> bool:
+        if not 0 <= si < len(sections):  # e.g. indices=0 in a file with no sections
+            report(SectionReferenceError(f"section {si} does not exist; the file has {len(sections)}", who))
+            return False
         if si in used:
             report(SectionReferenceError(f"section {si} is already used by {used[si]}", who))
             return False
@@ -246,6 +252,11 @@ def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, repo
         elif g.hashing and not (g.num_values <= w <= L.MAX_HASH_RATIO * g.num_values):
             report(HashingError(f"with hashing, num_values {g.num_values} must satisfy n <= {w} <= {L.MAX_HASH_RATIO}n", where))
             ok = False
+    decoded = 4 * sum(weights)  # coded tensors are float32; raw tensors are bounded by the file itself
+    if ok and max_decoded_bytes is not None and decoded > max_decoded_bytes:
+        report(LimitError(f"the file declares {decoded} bytes of decoded coded tensors, over this reader's limit of "
+                          f"{max_decoded_bytes} (pass max_decoded_bytes to raise it)", "tensors"))
+        ok = False
     if not ok:
         return None
     # --- payloads
@@ -317,13 +328,13 @@ def _parse_sections(slist: list, buf, n: int, hend: int, strict: bool, report: R
         off = f.int("offset", 0, 2**64 - 1)
         length = f.int("length", 0, 2**64 - 1)
         crc = f.int("crc32", 0, 2**32 - 1)
+        if kind is not None and kind not in SECTION_KINDS:
+            report(FieldValueError(f"section kind {kind!r} is not one of {SECTION_KINDS}", f"sections[{si}].kind"))
+            f.ok = False
         if not f.ok:
             ok = False
-            continue
-        if kind not in SECTION_KINDS:
-            report(FieldValueError(f"section kind {kind!r} is not one of {SECTION_KINDS}", f"sections[{si}].kind"))
-            ok = False
-            continue
+        if off is None or length is None:
+            break  # its extent is unknown, so the sections after it cannot be checked against it
         if off != expected:
             if off < prev_end:
                 what = "overlaps the header" if si == 0 else f"overlaps or precedes section {si - 1}"
@@ -343,7 +354,7 @@ def _parse_sections(slist: list, buf, n: int, hend: int, strict: bool, report: R
             report(PaddingError("alignment padding before a section is not zero", prev_end + next(i for i, b in enumerate(pad) if b)))
             ok = False
         actual = zlib.crc32(buf[off:off + length])
-        if actual != crc:
+        if crc is not None and actual != crc:
             report(ChecksumError(f"section {si} ({kind}) CRC-32 is {actual:08x}, header says {crc:08x}", off))
             ok = False
         out.append((kind, off, length))
@@ -384,7 +395,8 @@ def _parse_group(gi: int, g, strict: bool, report: Report) -> Group | None:
                 else:
                     layout = Layout("affine", a, c)
         else:
-            report(FieldValueError(f"layout kind {kind!r} is not 'contiguous' or 'affine'", f"{where}.layout.kind"))
+            shown = repr(kind) if isinstance(kind, str) or kind is None else f"of type {type(kind).__name__}"
+            report(FieldValueError(f"layout kind {shown} is not 'contiguous' or 'affine'", f"{where}.layout.kind"))
     if mu is not None and sigma is not None:
         try:
             check_coding_parameters(mu, sigma, where)
@@ -535,15 +547,17 @@ def _external_data_tensors(graph) -> list[str]:
     return found
 
 
-def from_bytes(data: bytes | memoryview, check_graph: bool = True) -> Container:
+def from_bytes(data: bytes | memoryview, check_graph: bool = True,
+               max_decoded_bytes: int | None = L.DEFAULT_MAX_DECODED_BYTES) -> Container:
     """Strict read of a whole file held in memory; raises the first MrcError found."""
-    c = parse(data, check_graph=check_graph)
+    c = parse(data, check_graph=check_graph, max_decoded_bytes=max_decoded_bytes)
     assert c is not None  # the raising reporter never lets parse return None
     return c
 
 
-def load(path: str | os.PathLike, check_graph: bool = True) -> Container:
+def load(path: str | os.PathLike, check_graph: bool = True,
+         max_decoded_bytes: int | None = L.DEFAULT_MAX_DECODED_BYTES) -> Container:
     """Read and fully check a `.mrc` file. Never executes code from the file."""
     with open(path, "rb") as f:
         data = f.read()
-    return from_bytes(data, check_graph=check_graph)
+    return from_bytes(data, check_graph=check_graph, max_decoded_bytes=max_decoded_bytes)

@@ -88,7 +88,7 @@ def to_bytes(c: Container) -> bytes:
         out += b"\0" * (off - len(out))
         out += data
     blob = bytes(out)
-    from_bytes(blob)  # never write a file our own reader would reject
+    from_bytes(blob, max_decoded_bytes=None)  # never write a file our own reader would reject
     return blob
 
 

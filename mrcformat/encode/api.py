@@ -1,0 +1,188 @@
+"""`compress`: turn a trained PyTorch model into a `.mrc` file with MIRACLE.
+
+    from mrcformat.encode import compress
+    result = compress(model, train_loader, budget_bytes=1556, method="mean-kl")
+    result.save("model.mrc")
+
+Every nn.Linear / nn.Conv2d weight (and, with biases="coded", its bias) is coded: one group per
+layer, p = N(0, sigma_p^2) per group, blocks of `index_bits` bits allotted so that the packed
+indices fit `budget_bytes`. Every other parameter and buffer is stored raw (float32 parameters
+are trained as point estimates alongside). The architecture is stored as an ONNX graph without
+weight data (`mrcformat_runtime.graph.export_architecture`) when that exporter is available.
+"""
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from mrcformat.container import Container, Group, Tensor
+from mrcformat.decoder import decode
+from mrcformat.sampler import float_to_f32_bits
+from mrcformat.writer import save, to_bytes
+
+from .blocks import GroupSpec, allocate_blocks, build_plan
+from .layers import variationalize
+from .posterior import GroupPosterior
+from .train import MiracleTrainer, TrainConfig
+
+__all__ = ["CompressResult", "compress", "coded_layer_specs", "export_graph"]
+
+_DTYPE_NAMES = {
+    torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64",
+    torch.int8: "int8", torch.uint8: "uint8", torch.int16: "int16", torch.int32: "int32", torch.int64: "int64",
+    torch.bool: "bool",
+}
+
+
+def coded_layer_specs(model: nn.Module, biases: str = "coded", hashing: float | dict | None = None) -> list[GroupSpec]:
+    """One group per nn.Linear / nn.Conv2d: its weight, plus its bias when biases == "coded"."""
+    specs = []
+    for path, m in model.named_modules():
+        if type(m) not in (nn.Linear, nn.Conv2d):
+            continue
+        prefix = f"{path}." if path else ""
+        members = [(f"{prefix}weight", tuple(m.weight.shape))]
+        if biases == "coded" and m.bias is not None:
+            members.append((f"{prefix}bias", tuple(m.bias.shape)))
+        ratio = hashing.get(path, 1.0) if isinstance(hashing, dict) else float(hashing or 1.0)
+        specs.append(GroupSpec(path or "model", members, ratio))
+    return specs
+
+
+def export_graph(model: nn.Module, example_input: torch.Tensor, names: list[str]) -> bytes | None:
+    """ONNX architecture without the named weights, or None (with a warning) if no exporter is installed."""
+    try:
+        from mrcformat_runtime.graph import export_architecture
+    except ImportError:
+        warnings.warn("mrcformat_runtime.graph.export_architecture is not available: the file has no architecture")
+        return None
+    model = copy.deepcopy(model).cpu().eval()
+    return export_architecture(model, example_input.cpu(), names)
+
+
+@dataclass
+class CompressResult:
+    """The compressed model: `container` (what `save` writes) plus the run's record."""
+
+    container: Container
+    config: TrainConfig
+    budget_bytes: int
+    history: list = field(default_factory=list)
+    coding: list = field(default_factory=list)
+    train_seconds: float = 0.0
+    code_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    trained_weights: dict = field(default_factory=dict, repr=False)  # encoder's final coded weights
+
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of packed indices (what the MIRACLE papers count)."""
+        return sum(g.payload_length for g in self.container.groups)
+
+    def to_bytes(self) -> bytes:
+        return to_bytes(self.container)
+
+    def save(self, path: str | Path) -> int:
+        """Write the `.mrc` file atomically; returns its size in bytes."""
+        return save(self.container, path)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights as a decoder sees them (decoded from the container, not from training state)."""
+        return {k: torch.from_numpy(np.array(v)) for k, v in decode(self.container).items()}
+
+    def load_into(self, model: nn.Module) -> nn.Module:
+        """Load the decoded weights into (a model of) the original architecture; returns it."""
+        model.load_state_dict(self.state_dict(), strict=True)
+        return model
+
+    def summary(self) -> dict:
+        return {"payload_bytes": self.payload_bytes, "file_bytes": len(self.to_bytes()),
+                "blocks": sum(g.num_blocks for g in self.container.groups),
+                "method": self.config.method, "train_seconds": round(self.train_seconds, 1),
+                "code_seconds": round(self.code_seconds, 1), "wall_seconds": round(self.wall_seconds, 1)}
+
+
+def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str = "mean-kl", index_bits: int = 12,
+             biases: str = "coded", hashing: float | dict | None = None, allocation: str | dict = "sqrt",
+             kl_margin: float = 0.0, init_std_ratio: float = 0.1, layout: str = "affine",
+             example_input: torch.Tensor | None = None, metadata: dict[str, str] | None = None,
+             loss_fn=None, **train_options) -> CompressResult:
+    """Compress `model` (weights are the starting point) with MIRACLE into `budget_bytes` of indices.
+
+    Args:
+        model: an nn.Module whose nn.Linear / nn.Conv2d weights get coded; left unchanged.
+        train_loader: DataLoader of (input, target) batches (shuffling with a seeded `generator`
+            makes runs reproducible and resumable).
+        budget_bytes: cap on the packed index payload (e.g. 1556 for 1.52 KiB).
+        method: "mean-kl" (KL of each block fixed to its budget by construction) or "mean-var"
+            (mean and variance trained, per-block KL control).
+        index_bits: bits per block (K = 2**index_bits candidates scored per block).
+        biases: "coded" (in the layer's group) or "raw" (stored as float32).
+        hashing: weights per coded value (hashing trick), one ratio or {layer path: ratio}.
+        allocation: how blocks are shared among layers: "sqrt", "size" or {layer path: share}.
+        kl_margin: nats subtracted from each block's budget index_bits * ln 2.
+        init_std_ratio: Mean-Var initial posterior std as a fraction of sigma_p.
+        example_input: one input batch for the architecture export (default: first training batch).
+        loss_fn: (output, target) -> mean loss; default cross-entropy.
+        **train_options: fields of `TrainConfig` (steps, retrain_steps, blocks_per_round, lr, seed,
+            device, checkpoint, greedy, progress, ...).
+    """
+    t_start = time.perf_counter()
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(train_options) - known
+    if unknown:
+        raise TypeError(f"unknown options: {sorted(unknown)}")
+    cfg = TrainConfig(method=method, **train_options)
+    seed = int(cfg.seed) & ((1 << 64) - 1)
+    torch.manual_seed(cfg.seed)
+
+    specs = coded_layer_specs(model, biases, hashing)
+    if not specs:
+        raise ValueError("the model has no nn.Linear or nn.Conv2d layer to code")
+    block_sizes = allocate_blocks(specs, budget_bytes, index_bits, allocation)
+    plans = build_plan(specs, block_sizes, index_bits, seed, layout)
+    params = dict(model.state_dict())
+    posteriors = []
+    for plan in plans:
+        w = torch.cat([params[name].detach().reshape(-1).float().cpu() for name, _ in plan.spec.members])
+        posteriors.append(GroupPosterior(plan, method, w, init_std_ratio=init_std_ratio, kl_margin=kl_margin))
+    vmodel, layers = variationalize(model, coded_bias=(biases == "coded"))
+    trainer = MiracleTrainer(vmodel, layers, posteriors, train_loader, cfg, loss_fn=loss_fn, seed=seed)
+    trainer.run()
+
+    # --- the container: coded groups + raw tensors in state_dict order + architecture ---------
+    groups = [Group(float_to_f32_bits(0.0), int(p.frozen_sigma_bits), p.plan.block_size, p.plan.index_bits,
+                    p.plan.num_values, p.plan.layout, p.plan.spec.hashing, p.index.cpu().numpy().astype(np.int64))
+              for p in trainer.posteriors]
+    coded = {name: p.plan.gid for p in trainer.posteriors for name, _ in p.plan.spec.members}
+    trained = trainer.model.state_dict()
+    tensors = []
+    for name, value in model.state_dict().items():
+        if name in coded:
+            tensors.append(Tensor(name, tuple(value.shape), "coded", group=coded[name]))
+        else:
+            data = trained.get(name, value).detach().cpu()
+            tensors.append(Tensor(name, tuple(value.shape), "raw", dtype=_DTYPE_NAMES[data.dtype],
+                                  data=data.view(torch.int16).numpy().view(np.uint16) if data.dtype == torch.bfloat16
+                                  else data.numpy()))
+    if example_input is None:
+        example_input = next(iter(train_loader))[0][:1]
+    graph = export_graph(model, example_input, [t.name for t in tensors])
+    meta = {"encoder": "mrcformat.encode", "method": method, "budget_bytes": str(budget_bytes),
+            "index_bits": str(index_bits)}
+    meta.update(metadata or {})
+    container = Container(seed=seed, groups=groups, tensors=tensors, graph=graph, metadata=meta)
+    with torch.no_grad():
+        final = {name: mean.detach().cpu().clone() for p in trainer.posteriors
+                 for name, (mean, _) in p.member_moments().items()}
+    st = trainer.state
+    return CompressResult(container, cfg, budget_bytes, st.history, st.coding, st.train_time, st.code_time,
+                          time.perf_counter() - t_start, final)

@@ -1,0 +1,140 @@
+"""The variational posterior q of one group's coded values, its coding distribution p, and its
+coded state.
+
+Parameters live in slot order ([num_blocks, block_size], row b = block b; see `blocks.py`).
+- Mean-Var: a mean and a log standard deviation per value; each block's KL is whatever they give
+  (kept near the budget by `kl_control.BlockBeta`).
+- Mean-KL: per value an unconstrained mean parameter nu and a logit; block b's KL budget is split
+  over its values by softmax(logits) and q's variance is recovered in closed form
+  (`lambertw.mean_kl_moments`), so each block's KL equals the budget by construction.
+p = N(0, sigma_p^2) per group with a learned log-scale; `freeze_prior` rounds sigma_p to
+bfloat16 and fixes it before any block of the group is coded. Coded blocks are fixed to their
+chosen candidate (variance 0) and their parameters no longer matter.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from mrcformat.sampler import bf16_bits_to_float, float_to_bf16_bits
+
+from .blocks import GroupPlan
+from .lambertw import gaussian_kl, mean_kl_moments
+
+__all__ = ["METHODS", "GroupPosterior"]
+
+METHODS = ("mean-var", "mean-kl")
+_MASKED = -1e4
+
+
+class GroupPosterior(nn.Module):
+    def __init__(self, plan: GroupPlan, method: str, init_weights: torch.Tensor, *,
+                 init_std_ratio: float = 0.1, kl_margin: float = 0.0) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+        self.plan, self.method = plan, method
+        nb, bsz = plan.num_blocks, plan.block_size
+        self.register_buffer("valid", plan.valid.clone())
+        self.register_buffer("slot_of_weight", plan.slot_of_weight.clone())
+        self.register_buffer("sign", plan.sign.clone() if plan.sign is not None else torch.ones(0))
+        self.register_buffer("coded", torch.zeros(nb, dtype=torch.bool))
+        self.register_buffer("index", torch.full((nb,), -1, dtype=torch.int64))
+        self.register_buffer("coded_value", torch.zeros(nb, bsz))
+        self.register_buffer("frozen_sigma_bits", torch.tensor(-1, dtype=torch.int64))
+        self.kl_target = plan.budget_nats - kl_margin    # nats per block
+
+        values = self._values_from_weights(init_weights.detach().float().cpu())  # slot order, padded
+        rms = float(values[plan.valid].pow(2).mean().sqrt()) or 1e-2
+        self.log_sp = nn.Parameter(torch.tensor(math.log(rms)))
+        sp = rms
+        if method == "mean-var":
+            self.mean = nn.Parameter(values)
+            self.log_std = nn.Parameter(torch.full((nb, bsz), math.log(init_std_ratio * sp)))
+        else:
+            w2 = (values / sp) ** 2
+            logits = torch.log(w2 + 0.05).masked_fill(~plan.valid, _MASKED)
+            kl = self.kl_target * torch.softmax(logits, dim=1)
+            ratio = values / (sp * torch.sqrt(2 * kl).clamp_min(1e-12))
+            self.logits = nn.Parameter(logits)
+            self.nu = nn.Parameter(torch.atanh(ratio.clamp(-0.95, 0.95)).masked_fill(~plan.valid, 0.0))
+
+    # --- construction helpers -------------------------------------------------------------
+    def _values_from_weights(self, w: torch.Tensor) -> torch.Tensor:
+        """Slot-order value matrix whose weights best match `w` (mean of signed weights per value)."""
+        plan = self.plan
+        flat = torch.zeros(plan.num_blocks * plan.block_size)
+        if plan.sign is None:
+            flat[plan.slot_of_weight] = w
+        else:
+            count = torch.zeros_like(flat)
+            flat.index_add_(0, plan.slot_of_weight, w * plan.sign)
+            count.index_add_(0, plan.slot_of_weight, torch.ones_like(w))
+            flat = flat / count.clamp_min(1)
+        return flat.view(plan.num_blocks, plan.block_size)
+
+    # --- coding distribution --------------------------------------------------------------
+    @property
+    def frozen(self) -> bool:
+        return int(self.frozen_sigma_bits) >= 0
+
+    def sigma_p(self) -> torch.Tensor:
+        if self.frozen:
+            return torch.tensor(float(bf16_bits_to_float(int(self.frozen_sigma_bits))), device=self.log_sp.device)
+        return torch.exp(self.log_sp)
+
+    def freeze_prior(self) -> int:
+        """Round sigma_p to bfloat16 and fix it; returns its bits. Idempotent."""
+        if not self.frozen:
+            self.frozen_sigma_bits.fill_(float_to_bf16_bits(float(torch.exp(self.log_sp.detach()))))
+            self.log_sp.requires_grad_(False)
+        return int(self.frozen_sigma_bits)
+
+    # --- posterior ------------------------------------------------------------------------
+    def slot_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log std) of q in slot order for all blocks (coded ones included, as trained)."""
+        if self.method == "mean-var":
+            return self.mean, self.log_std
+        sqrt_kl = math.sqrt(self.kl_target) * torch.exp(0.5 * torch.log_softmax(self.logits, dim=1))
+        return mean_kl_moments(sqrt_kl, self.nu, self.sigma_p())
+
+    def block_kl(self) -> torch.Tensor:
+        """KL(q || p) of every block (valid slots only), [num_blocks]."""
+        if self.method == "mean-kl":
+            return torch.full((self.plan.num_blocks,), self.kl_target, device=self.valid.device)
+        mean, log_std = self.slot_moments()
+        return (gaussian_kl(mean, log_std, self.sigma_p()) * self.valid).sum(1)
+
+    def weight_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of every weight of the group (member order), coded blocks fixed."""
+        mean, log_std = self.slot_moments()
+        coded = self.coded[:, None]
+        mean = torch.where(coded, self.coded_value, mean).reshape(-1)
+        var = torch.where(coded, torch.zeros_like(log_std), torch.exp(2 * log_std)).reshape(-1)
+        wm, wv = mean[self.slot_of_weight], var[self.slot_of_weight]
+        if self.sign.numel():
+            wm = wm * self.sign
+        return wm, wv
+
+    def member_moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{tensor name: (mean, var)} reshaped to the member tensors' shapes."""
+        wm, wv = self.weight_moments()
+        out, pos = {}, 0
+        for name, shape in self.plan.spec.members:
+            k = int(np.prod(shape, dtype=np.int64))
+            out[name] = (wm[pos:pos + k].view(shape), wv[pos:pos + k].view(shape))
+            pos += k
+        return out
+
+    def fix_block(self, block: int, index: int, values: torch.Tensor) -> None:
+        """Mark `block` coded with candidate `index` whose values (slot order) are `values`."""
+        self.coded[block] = True
+        self.index[block] = index
+        self.coded_value[block] = values.to(self.coded_value)
+
+    @property
+    def all_coded(self) -> bool:
+        return bool(self.coded.all())

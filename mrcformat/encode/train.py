@@ -1,0 +1,345 @@
+"""The MIRACLE training and coding loop.
+
+Schedule (one "action" = one optimiser step or one coding round):
+1. `steps` steps of variational training (Mean-Var: with per-block KL control; Mean-KL: the
+   expected loss only, each block's KL is its budget by construction);
+2. freeze every group's coding distribution (sigma_p rounded to bfloat16);
+3. repeat until every block is coded: code `blocks_per_round` blocks (their weights become the
+   chosen candidates), then train the rest for `retrain_steps` steps;
+4. `final_steps` steps for the parameters stored raw (if any).
+
+Resumable: with a checkpoint path the full state (parameters, coded indices, betas, optimiser,
+noise generator, data order and position, history) is saved atomically every
+`checkpoint_every` actions and at the end; a run started again with the same arguments
+continues from it and ends with the same result as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .coding import candidate_source, code_block
+from .kl_control import BlockBeta
+from .posterior import GroupPosterior
+
+__all__ = ["TrainConfig", "Interrupted", "ResumableBatches", "MiracleTrainer"]
+
+
+@dataclass
+class TrainConfig:
+    method: str = "mean-kl"
+    steps: int = 2000               # variational training before coding
+    retrain_steps: int = 10         # I: steps after each coding round
+    blocks_per_round: int = 1
+    final_steps: int = 0            # steps for raw parameters once everything is coded
+    lr: float = 1e-3                # means and raw parameters
+    lr_scale: float = 1e-2          # log std (Mean-Var), logits and nu (Mean-KL), log sigma_p
+    lr_min_factor: float = 0.1      # lr decays (cosine) to lr * lr_min_factor over `steps`, then stays
+    beta0: float = 1e-2             # Mean-Var: initial KL coefficient per block (ELBO units)
+    beta_eps: float = 1e-2          # Mean-Var: beta multiplied / divided by (1 + eps) per step
+    greedy: bool = False            # coding: largest weight instead of the seeded MIRACLE sample
+    seed: int = 0
+    device: str = "cpu"
+    generator: str = "auto"         # candidate generator: "numpy", "torch" or "auto"
+    checkpoint: str | None = None
+    checkpoint_every: int = 500     # actions between checkpoints
+    progress: bool = True
+    history_every: int = 50
+    num_examples: int | None = None  # training-set size for the ELBO scale (default: len(dataset))
+    interrupt_after: int | None = None  # testing aid: checkpoint and raise Interrupted after this many actions
+
+
+class Interrupted(RuntimeError):
+    """Raised when `interrupt_after` actions are done (the checkpoint holds the state)."""
+
+
+class ResumableBatches:
+    """Endless batches from a DataLoader whose order and position can be saved and restored."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+        self.epoch, self.pos = 0, 0
+        self._it = None
+        self._epoch_rng = None
+
+    def _gen(self) -> torch.Generator:
+        return getattr(self.loader, "generator", None) or torch.default_generator
+
+    def _start_epoch(self) -> None:
+        self._epoch_rng = self._gen().get_state()
+        self._it = iter(self.loader)
+
+    def next(self):
+        if self._it is None:
+            self._start_epoch()
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._start_epoch()
+            batch = next(self._it)
+        self.pos += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "rng": self._epoch_rng}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.epoch, self.pos = s["epoch"], s["pos"]
+        if s["rng"] is None:
+            self._it = None
+            return
+        global_state = torch.get_rng_state()
+        self._gen().set_state(s["rng"])
+        self._epoch_rng = s["rng"]
+        self._it = iter(self.loader)
+        for _ in range(self.pos):
+            next(self._it)
+        torch.set_rng_state(global_state)
+
+
+@dataclass
+class _State:
+    action: int = 0
+    step: int = 0
+    coded_rounds: int = 0
+    pending: int = 0                # training steps left before the next coding round
+    frozen: bool = False
+    train_time: float = 0.0
+    code_time: float = 0.0
+    history: list = field(default_factory=list)
+    coding: list = field(default_factory=list)
+
+
+class MiracleTrainer:
+    """Owns the variational model, the group posteriors and the schedule."""
+
+    def __init__(self, vmodel: nn.Module, layers: dict, posteriors: list[GroupPosterior], loader,
+                 config: TrainConfig, loss_fn=None, seed: int = 0) -> None:
+        self.cfg = config
+        self.device = torch.device(config.device)
+        self.model = vmodel.to(self.device)
+        self.layers = layers
+        self.posteriors = nn.ModuleList(posteriors).to(self.device)
+        self.batches = ResumableBatches(loader)
+        self.loss_fn = loss_fn or F.cross_entropy
+        self.seed = seed
+        self.num_examples = config.num_examples or len(loader.dataset)
+        self.betas = nn.ModuleList([BlockBeta(p.plan.num_blocks, config.beta0, config.beta_eps)
+                                    for p in posteriors]).to(self.device)
+        self.noise = torch.Generator(device=self.device)
+        self.noise.manual_seed(config.seed * 2654435761 % (1 << 63) + 12345)
+        for layer in layers.values():
+            layer.generator = self.noise
+        self._owner = {}  # coded tensor name -> posterior index
+        for i, p in enumerate(posteriors):
+            for name, _ in p.plan.spec.members:
+                self._owner[name] = i
+        self.order = sorted(((b + 0.5) / p.plan.num_blocks, i, b)
+                            for i, p in enumerate(posteriors) for b in range(p.plan.num_blocks))
+        self.num_rounds = math.ceil(len(self.order) / config.blocks_per_round)
+        self.opt = torch.optim.Adam(self._param_groups())
+        self.state = _State()
+        self.gen = candidate_source(self.device, config.generator)
+
+    # --- parameters and forward -----------------------------------------------------------
+    def _param_groups(self) -> list[dict]:
+        scale_names = ("log_std", "logits", "nu", "log_sp")
+        fast, slow = [], []
+        for p in self.posteriors:
+            for name, param in p.named_parameters():
+                (fast if name in scale_names else slow).append(param)
+        post_ids = {id(q) for q in self.posteriors.parameters()}
+        raw = [q for q in self.model.parameters() if id(q) not in post_ids]
+        return [{"params": slow + raw, "lr": self.cfg.lr, "base_lr": self.cfg.lr},
+                {"params": fast, "lr": self.cfg.lr_scale, "base_lr": self.cfg.lr_scale}]
+
+    @property
+    def has_raw_parameters(self) -> bool:
+        return any(True for _ in self.model.parameters())
+
+    def set_moments(self) -> None:
+        moments = {}
+        for p in self.posteriors:
+            moments.update(p.member_moments())
+        for layer in self.layers.values():
+            wm, wv = moments[layer.weight_name]
+            bm = bv = None
+            if layer.coded_bias:
+                bm, bv = moments[layer.bias_name]
+            layer.set_moments(wm, wv, bm, bv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.set_moments()
+        return self.model(x)
+
+    # --- one training step ----------------------------------------------------------------
+    def _lr_factor(self, step: int) -> float:
+        f = self.cfg.lr_min_factor
+        if step >= self.cfg.steps:
+            return f
+        return f + (1 - f) * 0.5 * (1 + math.cos(math.pi * step / max(1, self.cfg.steps)))
+
+    def train_step(self) -> dict:
+        cfg, st = self.cfg, self.state
+        t0 = time.perf_counter()
+        for g in self.opt.param_groups:
+            g["lr"] = g["base_lr"] * self._lr_factor(st.step)
+        x, y = self.batches.next()
+        x, y = x.to(self.device), y.to(self.device)
+        self.model.train()
+        nll = self.loss_fn(self.forward(x), y)
+        loss = nll
+        kls = []
+        if cfg.method == "mean-var":
+            penalty = 0.0
+            for p, beta in zip(self.posteriors, self.betas):
+                kl = p.block_kl()
+                kls.append(kl.detach())
+                penalty = penalty + beta.penalty(kl, (~p.coded).float())
+            loss = loss + penalty / self.num_examples
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        info = {"nll": float(nll.detach())}
+        if cfg.method == "mean-var":
+            for p, beta, kl in zip(self.posteriors, self.betas, kls):
+                beta.update(kl, p.kl_target)
+        st.step += 1
+        if st.step % cfg.history_every == 0 or st.step == 1:
+            st.history.append(self._stats(info["nll"]))
+        st.train_time += time.perf_counter() - t0
+        return info
+
+    @torch.no_grad()
+    def _stats(self, nll: float) -> dict:
+        kl_sum, over, total, worst = 0.0, 0, 0, 0.0
+        for p in self.posteriors:
+            active = ~p.coded
+            kl = p.block_kl()[active]
+            if kl.numel():
+                kl_sum += float(kl.sum())
+                over += int((kl > p.kl_target * 1.001).sum())
+                worst = max(worst, float((kl / p.kl_target).max()))
+                total += kl.numel()
+        return {"step": self.state.step, "nll": nll, "kl_uncoded": kl_sum, "blocks_uncoded": total,
+                "blocks_over_budget": over, "max_kl_ratio": worst,
+                "coded_blocks": sum(int(p.coded.sum()) for p in self.posteriors)}
+
+    # --- coding ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def code_round(self) -> None:
+        st, cfg = self.state, self.cfg
+        t0 = time.perf_counter()
+        todo = self.order[st.coded_rounds * cfg.blocks_per_round:(st.coded_rounds + 1) * cfg.blocks_per_round]
+        moments = {}
+        for _, i, b in todo:
+            p = self.posteriors[i]
+            if i not in moments:
+                mean, log_std = p.slot_moments()
+                moments[i] = (mean.detach(), log_std.detach())
+            mean, log_std = moments[i]
+            sp = float(p.sigma_p())
+            kl_b = float(p.block_kl()[b])
+            choice = code_block(self.seed, p.plan.gid, b, p.plan.block_size, p.plan.index_bits, sp,
+                                mean[b], log_std[b], p.valid[b], greedy=cfg.greedy, gen=self.gen)
+            p.fix_block(b, choice.index, choice.values)
+            st.coding.append({"group": p.plan.gid, "block": b, "index": choice.index, "kl": kl_b,
+                              "log_weight": choice.log_weight, "max_log_weight": choice.max_log_weight})
+        st.coded_rounds += 1
+        st.code_time += time.perf_counter() - t0
+
+    def freeze(self) -> None:
+        for p in self.posteriors:
+            p.freeze_prior()
+        self.state.frozen = True
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "state": self.state.__dict__.copy(),
+            "model": self.model.state_dict(),
+            "posteriors": self.posteriors.state_dict(),
+            "betas": self.betas.state_dict(),
+            "opt": self.opt.state_dict(),
+            "noise": self.noise.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "batches": self.batches.state_dict(),
+        }
+
+    def load_state_dict(self, s: dict) -> None:
+        self.state = _State(**s["state"])
+        self.model.load_state_dict(s["model"])
+        self.posteriors.load_state_dict(s["posteriors"])
+        for p in self.posteriors:
+            p.log_sp.requires_grad_(not p.frozen)
+        self.betas.load_state_dict(s["betas"])
+        self.opt.load_state_dict(s["opt"])
+        self.noise.set_state(s["noise"])
+        self.batches.load_state_dict(s["batches"])
+        torch.set_rng_state(s["torch_rng"])
+
+    def _save(self) -> None:
+        if self.cfg.checkpoint:
+            save_checkpoint(self.state_dict(), self.cfg.checkpoint)
+
+    # --- the schedule ---------------------------------------------------------------------
+    def total_actions(self) -> int:
+        c = self.cfg
+        return c.steps + self.num_rounds + (self.num_rounds - 1) * c.retrain_steps + self._final_steps()
+
+    def _final_steps(self) -> int:
+        return self.cfg.final_steps if self.has_raw_parameters else 0
+
+    def _next_action(self) -> str | None:
+        st, c = self.state, self.cfg
+        if st.step < c.steps:
+            return "train"
+        if st.coded_rounds < self.num_rounds:
+            return "train" if st.pending > 0 else "code"
+        return "train" if st.pending > 0 else None
+
+    def run(self) -> None:
+        if self.cfg.checkpoint:
+            saved = load_checkpoint(self.cfg.checkpoint)
+            if saved is not None:
+                self.load_state_dict(saved)
+        st, c = self.state, self.cfg
+        bar = tqdm(total=self.total_actions(), initial=st.action, disable=not c.progress, desc="MIRACLE",
+                   unit="act", dynamic_ncols=True)
+        since_save = 0
+        while True:
+            action = self._next_action()
+            if action is None:
+                break
+            if action == "train":
+                info = self.train_step()
+                if st.pending > 0:
+                    st.pending -= 1
+                if st.step % 25 == 0:
+                    bar.set_postfix(nll=f"{info['nll']:.3f}", coded=f"{sum(int(p.coded.sum()) for p in self.posteriors)}")
+            else:
+                if not st.frozen:
+                    self.freeze()
+                self.code_round()
+                last = st.coded_rounds == self.num_rounds
+                st.pending = self._final_steps() if last else c.retrain_steps
+            st.action += 1
+            since_save += 1
+            bar.update(1)
+            if c.interrupt_after is not None and st.action >= c.interrupt_after:
+                self._save()
+                bar.close()
+                raise Interrupted(f"stopped after {st.action} actions")
+            if since_save >= c.checkpoint_every:
+                self._save()
+                since_save = 0
+        bar.close()
+        self._save()

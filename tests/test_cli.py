@@ -1,0 +1,279 @@
+"""The `mrc` command line: info, validate, decode, export; output formats and exit codes."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_corrupt import BASE, base_container
+
+from mrcformat import Container, Tensor, decode, from_bytes, save, to_bytes
+from mrcformat.cli import main
+
+TRAILING = BASE + b"\0"
+
+
+@pytest.fixture
+def files(tmp_path):
+    good = tmp_path / "good.mrc"
+    good.write_bytes(BASE)
+    bad = tmp_path / "bad.mrc"
+    bad.write_bytes(TRAILING)
+    return good, bad
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_clean_error(result, *needles):
+    """Exit 2 with one line on stderr and no traceback."""
+    assert result.exit_code == 2, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+# ---------------------------------------------------------------------------------------------- info
+
+
+def test_info_table(files):
+    good, _ = files
+    r = run("info", good)
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    for text in ("format version  1.0", "sampler         normal16", "seed            1234", f"file size       {len(BASE)} bytes",
+                 "index payload   5 bytes (36 bits", "coded weights   30 (18 coded values)", "raw elements    7 (16 bytes)",
+                 "opset ai.onnx 18", "affine a=3 c=1", "contiguous", "author = test", "k = v"):
+        assert text in out, text
+    for name in ("w0", "w1", "b", "m"):
+        assert f"\n  {name} " in out
+    assert "group 1" in out and "section 2" in out
+
+
+def test_info_json(files):
+    good, _ = files
+    r = run("info", good, "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["file"] == str(good)
+    assert (d["version"], d["sampler"], d["seed"], d["file_bytes"]) == ("1.0", "normal16", 1234, len(BASE))
+    assert (d["index_payload_bytes"], d["index_payload_bits"]) == (5, 3 * 5 + 3 * 7)
+    assert (d["coded_weights"], d["coded_values"], d["raw_elements"]) == (30, 18, 7)
+    g0, g1 = d["groups"]
+    assert g0["mu"] == 0.0 and g0["sigma"] == 0.10009765625 and g0["layout"] == {"kind": "contiguous"}
+    assert (g0["block_size"], g0["index_bits"], g0["num_values"], g0["num_blocks"], g0["hashing"]) == (4, 5, 10, 3, False)
+    assert g0["tensors"] == ["w0"]
+    assert g1["mu"] == 0.5 and g1["sigma"] == 0.25 and g1["layout"] == {"kind": "affine", "a": 3, "c": 1}
+    assert (g1["hashing"], g1["weights"], g1["num_values"]) == (True, 20, 8)
+    assert [(t["name"], t["shape"], t["encoding"], t["dtype"]) for t in d["tensors"]] == [
+        ("w0", [2, 5], "coded", "float32"), ("w1", [4, 5], "coded", "float32"),
+        ("b", [3], "raw", "float32"), ("m", [2, 2], "raw", "bool")]
+    assert d["tensors"][1]["group"] == 1 and d["tensors"][3]["section"] == 2
+    assert d["graph"]["present"] and d["graph"]["bytes"] > 0 and d["graph"]["opset"] == {"ai.onnx": 18}
+    assert d["metadata"] == {"k": "v", "author": "test"}
+
+
+def test_info_without_groups_or_graph(tmp_path):
+    path = tmp_path / "raw.mrc"
+    save(Container(seed=3, tensors=[Tensor("odd\nname", (), "raw", dtype="int32", data=np.array(5, dtype=np.int32))]), path)
+    r = run("info", path)
+    assert r.exit_code == 0, r.output
+    assert "graph           none" in r.stdout and "'odd\\nname'" in r.stdout and "scalar" in r.stdout
+    d = json.loads(run("info", "--json", path).stdout)
+    assert d["groups"] == [] and d["graph"] == {"present": False} and d["index_payload_bytes"] == 0
+
+
+def test_info_corrupt_file(files):
+    _, bad = files
+    r = run("info", bad)
+    assert_clean_error(r, str(bad), "trailing-bytes", f"offset {len(BASE)}")
+
+
+def test_info_missing_file(tmp_path):
+    r = run("info", tmp_path / "nope.mrc")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+# ---------------------------------------------------------------------------------------------- validate
+
+
+def test_validate_ok(files):
+    good, _ = files
+    r = run("validate", good, good)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines() == [f"{good}: ok", f"{good}: ok"]
+
+
+def test_validate_problems(files, tmp_path):
+    good, bad = files
+    r = run("validate", good, bad)
+    assert r.exit_code == 1
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"{good}: ok"
+    assert lines[1] == f"{bad}: trailing-bytes at offset {len(BASE)}: 1 bytes after the end of the last structure"
+    # several problems of one file: one line each, header field paths as `where`
+    from test_corrupt import _do, _set, header_case
+
+    multi = tmp_path / "multi.mrc"
+    multi.write_bytes(header_case(_do(_set("groups.0.sigma", 0), _set("metadata.k", 3)))())
+    r = run("validate", multi)
+    assert r.exit_code == 1
+    assert r.stdout.splitlines() == [
+        f"{multi}: metadata at metadata.k: metadata value must be a string, found int",
+        f"{multi}: coding-parameter at groups[0].sigma: sigma bits 0x0000 are not a positive bfloat16 in [2^-64, 2^64]",
+    ]
+
+
+def test_validate_json(files, tmp_path):
+    good, bad = files
+    missing = tmp_path / "missing.mrc"
+    r = run("validate", "--json", good, bad, missing)
+    assert r.exit_code == 1
+    d = json.loads(r.stdout)
+    assert [(x["file"], x["valid"]) for x in d] == [(str(good), True), (str(bad), False), (str(missing), False)]
+    assert d[0]["problems"] == []
+    assert d[1]["problems"] == [{"code": "trailing-bytes", "error": "TrailingBytesError", "where": len(BASE),
+                                 "message": "1 bytes after the end of the last structure"}]
+    assert d[2]["problems"][0]["code"] == "read-error"
+    r = run("validate", "--json", good)
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["valid"] is True
+
+
+def test_validate_unreadable_and_empty(tmp_path):
+    empty = tmp_path / "empty.mrc"
+    empty.write_bytes(b"")
+    r = run("validate", empty, tmp_path)
+    assert r.exit_code == 1
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"{empty}: truncated at offset 0:")
+    assert lines[1].startswith(f"{tmp_path}: read-error")
+
+
+def test_validate_needs_a_file():
+    assert run("validate").exit_code == 2
+
+
+def test_validate_no_graph_flag(tmp_path):
+    from test_corrupt import graph_case, undefined_input_graph
+
+    path = tmp_path / "g.mrc"
+    path.write_bytes(graph_case(undefined_input_graph())())
+    assert run("validate", path).exit_code == 1
+    assert run("validate", "--no-graph", path).exit_code == 0
+
+
+# ---------------------------------------------------------------------------------------------- decode
+
+
+def test_decode_npz(files, tmp_path):
+    good, _ = files
+    out = tmp_path / "w.npz"
+    r = run("decode", good, "-o", out)
+    assert r.exit_code == 0, r.output
+    assert "4 tensors" in r.stdout
+    want = decode(from_bytes(BASE))
+    with np.load(out, allow_pickle=False) as z:
+        assert sorted(z.files) == sorted(want)
+        for name, arr in want.items():
+            got = z[name]
+            if name == "m":
+                assert got.dtype == np.bool_ and got.tolist() == [[True, False], [False, True]]
+            else:
+                assert got.dtype == arr.dtype and got.shape == arr.shape and got.tobytes() == arr.tobytes()
+        assert z["w0"].dtype == np.float32 and z["w0"].shape == (2, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mrc", "good.mrc", "w.npz"]  # no temp files left
+
+
+def test_decode_awkward_names_and_dtypes(tmp_path):
+    tensors = [Tensor("file", (2,), "raw", dtype="float32", data=np.array([1, 2], dtype=np.float32)),
+               Tensor("a/b.c", (1, 2), "raw", dtype="bfloat16", data=np.array([[0x3F80, 0x4000]], dtype=np.uint16)),
+               Tensor("ünï", (), "raw", dtype="int64", data=np.array(-7))]
+    src = tmp_path / "n.mrc"
+    save(Container(seed=1, tensors=tensors), src)
+    out = tmp_path / "n.npz"
+    r = run("decode", src, "--output", out)
+    assert r.exit_code == 0, r.output
+    with np.load(out, allow_pickle=False) as z:
+        assert z["file"].tolist() == [1.0, 2.0]
+        assert z["a/b.c"].dtype == np.uint16 and z["a/b.c"].tolist() == [[0x3F80, 0x4000]]
+        assert z["ünï"].shape == () and int(z["ünï"]) == -7
+
+
+def test_decode_corrupt_file(files, tmp_path):
+    _, bad = files
+    out = tmp_path / "w.npz"
+    r = run("decode", bad, "-o", out)
+    assert_clean_error(r, "trailing-bytes")
+    assert not out.exists()
+
+
+def test_decode_unwritable_output(files, tmp_path):
+    good, _ = files
+    r = run("decode", good, "-o", tmp_path / "no" / "such" / "dir" / "w.npz")
+    assert_clean_error(r, "cannot write")
+
+
+def test_decode_requires_output(files):
+    good, _ = files
+    assert run("decode", good).exit_code == 2
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize("self_decoding", [False, True])
+def test_export(files, tmp_path, self_decoding):
+    pytest.importorskip("mrcformat_runtime.onnx_export")
+    onnx = pytest.importorskip("onnx")
+    good, _ = files
+    out = tmp_path / "m.onnx"
+    args = ["export", good, "-o", out] + (["--self-decoding"] if self_decoding else [])
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    assert f"bytes to {out}" in r.stdout and out.exists()
+    assert f"wrote {out.stat().st_size} bytes" in r.stdout
+    onnx.load(str(out))
+
+
+def test_export_without_graph(tmp_path):
+    pytest.importorskip("mrcformat_runtime.onnx_export")
+    src = tmp_path / "ng.mrc"
+    save(Container(seed=1, tensors=[Tensor("x", (2,), "raw", dtype="float32", data=np.zeros(2, np.float32))]), src)
+    r = run("export", src, "-o", tmp_path / "x.onnx")
+    assert_clean_error(r, "graph")
+
+
+def test_export_corrupt_file(files, tmp_path):
+    pytest.importorskip("mrcformat_runtime.onnx_export")
+    _, bad = files
+    assert_clean_error(run("export", bad, "-o", tmp_path / "x.onnx"), "trailing-bytes")
+
+
+def test_export_module_missing(files, tmp_path, monkeypatch):
+    good, _ = files
+    monkeypatch.setitem(sys.modules, "mrcformat_runtime.onnx_export", None)  # import now fails
+    r = run("export", good, "-o", tmp_path / "x.onnx")
+    assert_clean_error(r, "ONNX export is not available")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+# ---------------------------------------------------------------------------------------------- misc
+
+
+def test_help_and_version():
+    r = run("--help")
+    assert r.exit_code == 0
+    for cmd in ("info", "validate", "decode", "export"):
+        assert cmd in r.stdout
+    r = run("--version")
+    assert r.exit_code == 0 and "0.1.0" in r.stdout
+
+
+def test_base_file_matches_container():
+    assert to_bytes(base_container()) == BASE
