@@ -1,0 +1,79 @@
+"""Load a `.mrc` file into onnxruntime. Needs only numpy, msgpack, onnx and onnxruntime (never torch).
+
+Plain: the numpy reference decoder regenerates the weights and they are handed to onnxruntime in
+memory (as initializers of the serialized model, or, for very large models, as external initializers
+added through the session options, which avoids protobuf's 2 GiB limit). Self-decoding: onnxruntime
+regenerates the weights itself from the stored indices (`selfdecode.self_decoding_model`).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mrcformat.container import Container
+
+from .onnx_export import decoded_arrays, graph_model, load_container, raw_initializer, referenced_names, serialize
+
+__all__ = ["DEFAULT_PROVIDERS", "session"]
+
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+_AUTO_EXTERNAL_TOTAL = 1 << 30   # above this many bytes of weights, large tensors go in as external initializers
+_AUTO_EXTERNAL_MIN = 1 << 20
+_EXTERNAL_DTYPES = {"float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64"}
+
+
+def _external_placeholder(name: str, dtype: str, arr: np.ndarray):
+    """A TensorProto that says 'data supplied elsewhere'; onnxruntime replaces it with the OrtValue."""
+    from onnx import TensorProto
+
+    t = raw_initializer(name, dtype, np.zeros(0, dtype=arr.dtype))
+    del t.dims[:]
+    t.dims.extend(int(d) for d in arr.shape)
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", "mrcformat-runtime-in-memory"
+    return t
+
+
+def session(src: str | os.PathLike | Container, *, self_decoding: bool = False, providers=None, sess_options=None,
+            external_min_bytes: int | None = None):
+    """An onnxruntime.InferenceSession running the file's model.
+
+    src: a path or a Container (the file must have a graph; GraphError otherwise). providers default to
+    CPU. Plain mode (default): weights decoded by numpy. `external_min_bytes`: tensors of at least this
+    many bytes go in through `sess_options.add_external_initializers` instead of the serialized model
+    (None: only when the weights exceed 1 GiB; such tensors are then added to `sess_options`, a new
+    SessionOptions if none was given). self_decoding=True: the self-decoding model (weights computed by
+    onnxruntime from the indices; onnxruntime normally folds that work into session creation).
+    """
+    import onnxruntime as ort
+
+    providers = list(providers) if providers is not None else list(DEFAULT_PROVIDERS)
+    c = load_container(src)
+    if self_decoding:
+        from .selfdecode import self_decoding_model
+
+        return ort.InferenceSession(serialize(self_decoding_model(c)), sess_options, providers=providers)
+    model = graph_model(c)
+    wanted = referenced_names(model.graph) & {t.name for t in c.tensors}
+    if external_min_bytes is None:
+        total = sum(t.numel * (4 if t.encoding == "coded" else np.dtype(t.data.dtype).itemsize)
+                    for t in c.tensors if t.name in wanted)
+        external_min_bytes = _AUTO_EXTERNAL_MIN if total > _AUTO_EXTERNAL_TOTAL else None
+    names, values = [], []
+    for t, arr in decoded_arrays(c, wanted):
+        if external_min_bytes is not None and arr.nbytes >= external_min_bytes and t.dtype in _EXTERNAL_DTYPES:
+            model.graph.initializer.append(_external_placeholder(t.name, t.dtype, arr))
+            names.append(t.name)
+            values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr)))
+        else:
+            model.graph.initializer.append(raw_initializer(t.name, t.dtype, arr))
+    if names:
+        if sess_options is None:
+            sess_options = ort.SessionOptions()
+        sess_options.add_external_initializers(names, values)
+    sess = ort.InferenceSession(serialize(model), sess_options, providers=providers)
+    sess._mrc_external_values = values  # the OrtValues must outlive session creation
+    return sess
