@@ -29,7 +29,9 @@ in float64, rounds to float32 (Cast), then to 16 significant bits by a Veltkamp 
 whose float64 value lies within a relative 2^-40 of a float32 rounding boundary, or that the formula
 does not reproduce, would go to the exception list; so the rebuild is exact on any runtime whose
 float64 log/pow/matmul are accurate to 2^-40 relative (a margin of ~2^12 over ordinary libm error)
-and whose float32 arithmetic is IEEE round-to-nearest.
+and whose float32 arithmetic is IEEE round-to-nearest. The graph checks this where it runs: two
+order-independent exact float64 checksums of the rebuilt table (`table_checksums`) must match, or every
+table entry becomes NaN, so a runtime outside that margin fails loudly instead of decoding other bits.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ __all__ = [
     "functions",
     "regenerated_weights_model",
     "self_decoding_model",
+    "table_checksums",
     "table_encoded_size",
     "table_encoding",
     "table_model",
@@ -319,10 +322,38 @@ def _f_table(opset: int, exceptions: bool):
     pos = b.op("Sub", c, b.op("Sub", c, f))
     if exceptions:
         pos = b.op("ScatterElements", pos, "epos", "evals", axis=0)
+    pos = _guard_table(b, pos)
     rev = b.op("Range", b.const(_HALF - 1), b.const(-1), b.const(-1))
     b.op("Concat", b.op("Neg", b.op("Gather", pos, rev)), pos, axis=0, outs=["T"])
     inputs = ["cab", "ccd"] + (["epos", "evals"] if exceptions else [])
     return _function("Table", inputs, ["T"], b, opset)
+
+
+@functools.cache
+def table_checksums() -> tuple[float, float]:
+    """(sum T[32768+u], sum T[32768+u] * (u mod 32 + 1)) over the positive half, in float64.
+
+    Every positive entry is a multiple of 2^-31 (16 significant bits, smallest entry in [2^-16, 2^-15))
+    and both sums stay below 2^20, so every partial sum is exact in float64 whatever the summation
+    order: the checksums are the same on every IEEE runtime, and any entry off by one unit changes them.
+    """
+    half = normal_table()[_HALF:].astype(np.float64)
+    weights = (np.arange(_HALF) % 32 + 1).astype(np.float64)
+    return float(half.sum()), float((half * weights).sum())
+
+
+def _guard_table(b: _Builder, half: str) -> str:
+    """Make a wrongly rebuilt table fail loudly: if the positive half's exact checksums differ from
+    `table_checksums()` (a runtime whose float64 log/pow is off by more than the 2^-40 margin), every
+    entry becomes NaN, so no weight is ever silently different from the reference."""
+    s1, s2 = table_checksums()
+    h64 = b.op("Cast", half, to=11)
+    weights = b.op("Cast", b.op("Add", b.op("Mod", b.op("Range", b.const(0), b.const(_HALF), b.const(1)),
+                                          b.const(32)), b.const(1)), to=11)
+    ok = b.op("And", b.op("Equal", b.op("ReduceSum", h64, keepdims=0), b.const(s1, np.float64)),
+              b.op("Equal", b.op("ReduceSum", b.op("Mul", h64, weights), keepdims=0), b.const(s2, np.float64)))
+    poison = b.op("Where", ok, b.const(0.0, np.float32), b.const(np.nan, np.float32))
+    return b.op("Add", half, poison)
 
 
 def functions(opset: int = OPSET, *, hashing: bool = True) -> list:

@@ -58,7 +58,7 @@ def test_compact_table_is_small():
     assert coef.shape == (2, 8, 2) and len(pos) == len(vals)
     assert sd.table_encoded_size() == coef.nbytes + pos.nbytes + vals.nbytes <= 512
     table_fn = next(f for f in sd.functions() if f.name == "Table")
-    assert table_fn.ByteSize() < 2048  # the nodes that expand it
+    assert table_fn.ByteSize() < 3072  # the nodes that expand and check it
     # the numpy mirror of the in-graph formula reproduces the table with the exceptions applied
     got = sd._round16(sd._approx_positive_half(coef).astype(np.float32))
     got[pos] = vals
@@ -76,6 +76,19 @@ def test_table_exception_path(monkeypatch):
     assert any(n.op_type == "ScatterElements" for f in model.functions for n in f.node)
     table, = _session(model).run(None, {})
     assert table.tobytes() == normal_table().tobytes()
+
+
+def test_table_guard_poisons_a_wrongly_rebuilt_table(monkeypatch):
+    """A runtime whose float64 transcendental functions drift past the margin must fail loudly:
+    simulate it with a perturbed coefficient; the in-graph checksums turn the whole table into NaN."""
+    coef, pos, vals = sd.table_encoding()
+    bad = coef.copy()
+    bad[1, 0, 0] *= 1 + 1e-7  # tail numerator: moves some tail entries across a rounding boundary
+    assert (sd._round16(sd._approx_positive_half(bad).astype(np.float32)).view(np.uint32)
+            != normal_table()[32768:].view(np.uint32)).any()
+    monkeypatch.setattr(sd, "table_encoding", lambda: (bad, pos, vals))
+    table, = _session(sd.table_model()).run(None, {})
+    assert np.isnan(table).all()
 
 
 # ------------------------------------------------------------------------------ random files
