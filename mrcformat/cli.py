@@ -6,15 +6,15 @@ a one-line message on stderr, never a traceback.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
+
 import zipfile
 from pathlib import Path
 
 import click
 import numpy as np
 
+from .atomic import atomic_open
 from .container import SAMPLER, Container
 from .errors import MrcError
 from .validate import validate_file
@@ -229,24 +229,15 @@ def _write_npz(c: Container, out: Path) -> int:
     for t in c.tensors:
         if "\0" in t.name:  # zipfile cuts names at NUL
             raise ValueError(f"tensor name {t.name!r} contains NUL and cannot be stored in an .npz")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     n = 0
-    try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for name, arr in iter_decode(c):
-                t = c.tensor(name)
-                if t.encoding == "raw" and t.dtype == "bool":
-                    arr = arr.view(np.bool_)  # stored as bytes 0/1 (checked by the reader)
-                with zf.open(name + ".npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.asarray(arr), allow_pickle=False)
-                n += 1
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(out) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in iter_decode(c):
+            t = c.tensor(name)
+            if t.encoding == "raw" and t.dtype == "bool":
+                arr = arr.view(np.bool_)  # stored as bytes 0/1 (checked by the reader)
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(arr), allow_pickle=False)
+            n += 1
     return n
 
 

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
-from pathlib import Path
 
 import msgpack
 import numpy as np
 
 from . import limits as L
+from .atomic import atomic_write_bytes
 from .bitpack import pack_indices
 from .container import DTYPES, MAGIC, PREAMBLE_SIZE, SAMPLER, Container
 from .reader import from_bytes
@@ -93,23 +92,8 @@ def to_bytes(c: Container) -> bytes:
 
 
 def save(c: Container, path: str | os.PathLike) -> int:
-    """Atomically write `c` to `path`: a temporary file in the same folder, fsync, rename.
+    """Atomically write `c` to `path` (temporary file in the same folder, fsync, rename).
 
     A crash leaves either the old file or the new one, never a partial file. Returns the size.
     """
-    data = to_bytes(c)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return len(data)
+    return atomic_write_bytes(path, to_bytes(c))

@@ -6,15 +6,15 @@ Needs numpy, msgpack and onnx; never imports torch.
 from __future__ import annotations
 
 import os
-import tempfile
+
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 
 from mrcformat.container import Container, Tensor
 from mrcformat.decoder import decode_group
 from mrcformat.errors import GraphError, LimitError
+from mrcformat.atomic import atomic_write_bytes
 from mrcformat.reader import load
 
 __all__ = [
@@ -26,7 +26,7 @@ __all__ = [
     "referenced_names",
     "serialize",
     "to_onnx_model",
-    "write_atomic",
+
 ]
 
 # header dtype name -> onnx.TensorProto data type
@@ -140,25 +140,6 @@ def serialize(model) -> bytes:
     return model.SerializeToString()
 
 
-def write_atomic(data: bytes, dst: str | os.PathLike) -> int:
-    """Write `data` to `dst` via a temporary file in the same folder, fsync and rename."""
-    path = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return len(data)
-
-
 def export(src: str | os.PathLike | Container, dst: str | os.PathLike, *, self_decoding: bool = False) -> int:
     """Write the file's model as ONNX to `dst` (atomically); returns the number of bytes written."""
-    return write_atomic(serialize(to_onnx_model(src, self_decoding=self_decoding)), dst)
+    return atomic_write_bytes(dst, serialize(to_onnx_model(src, self_decoding=self_decoding)))

@@ -34,7 +34,6 @@ def group(rng: np.random.Generator, n: int, bsz: int, bits: int, *, layout: Layo
 
 def mlp_graph(w1: str, b1: str, w2: str, b2: str, hidden: int, nin: int, nout: int) -> bytes:
     """x[N, nin] -> Gemm(w1, b1) -> Relu -> Gemm(w2, b2) -> logits[N, nout]; weights read by name."""
-    import onnx
     from onnx import TensorProto, helper
 
     nodes = [
@@ -50,7 +49,6 @@ def mlp_graph(w1: str, b1: str, w2: str, b2: str, hidden: int, nin: int, nout: i
 
 
 def external_data_graph() -> bytes:
-    import onnx
     from onnx import TensorProto, helper
 
     t = helper.make_tensor("w", TensorProto.FLOAT, [2], [0.0, 0.0])
@@ -132,7 +130,6 @@ def valid_vectors() -> dict[str, tuple[Container, list[str]]]:
 def invalid_vectors(valid: dict[str, bytes]) -> dict[str, tuple[bytes, str]]:
     """Files every reader must reject, each breaking one rule, with the expected error code."""
     import struct
-    import zlib
 
     base = valid["mlp_graph.mrc"]
     out: dict[str, tuple[bytes, str]] = {}

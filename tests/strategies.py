@@ -81,7 +81,6 @@ def containers(draw, max_groups: int = 3, max_elems: int = 300, with_graph: bool
 
 def identity_graph(tensors: list[Tensor]) -> bytes:
     """A tiny ONNX model that outputs each given tensor through Identity (weights removed)."""
-    import onnx
     from onnx import TensorProto, helper
 
     nodes, outputs = [], []
