@@ -64,6 +64,7 @@ def iter_decode(c: Container, chunk: int = DEFAULT_CHUNK) -> Iterator[tuple[str,
             yield t.name, t.data
             continue
         if t.group not in done:
+            done = views = flat = None  # drop the previous group before decoding the next (peak: one group)
             flat = decode_group(c, t.group, chunk=chunk)
             views, pos = {}, 0
             for m in c.group_members(t.group):

@@ -105,6 +105,7 @@ def decoded_arrays(c: Container, wanted: set[str]) -> Iterable[tuple[Tensor, np.
             yield t, t.data
             continue
         if t.group != current_group:  # keep one group at a time (a group seen again is decoded again)
+            current = flat = None  # drop the previous group before decoding the next
             flat, pos, current = decode_group(c, t.group), 0, {}
             for m in c.group_members(t.group):
                 current[m.name] = flat[pos:pos + m.numel].reshape(m.shape)

@@ -353,6 +353,7 @@ def iter_decode(c: Container, device=None, *, chunk: int | None = None) -> Itera
             yield t.name, raw_to_torch(t, dev)
             continue
         if t.group not in done:
+            done = views = flat = None  # drop the previous group before decoding the next (peak: one group)
             flat = decode_group(c, t.group, dev, chunk=chunk)
             views, pos = {}, 0
             for m in c.group_members(t.group):

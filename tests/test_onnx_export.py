@@ -135,3 +135,15 @@ def test_ort_session_plain_and_external_initializers(tmp_path, external_min_byte
     _assert_identity_outputs_match(c, sess.run(None, {}))
     selfd = mort.session(c, self_decoding=True, providers=["CPUExecutionProvider"])
     _assert_identity_outputs_match(c, selfd.run(None, {}))
+
+
+@settings(max_examples=15)
+@given(containers(max_groups=2, with_graph=True))
+def test_ort_session_plain_and_self_decoding_give_the_reference_bits(c):
+    """`mrcformat_runtime.ort.session`: numpy-decoded and onnxruntime-decoded weights are the same bits."""
+    from mrcformat_runtime.ort import session
+
+    if c.graph is None or not _identity_outputs(c):
+        return
+    for self_decoding in (False, True):
+        _assert_identity_outputs_match(c, session(c, self_decoding=self_decoding).run(None, {}))
