@@ -520,30 +520,21 @@ def _check_graph(graph: bytes, tensors: list[Tensor], where: str, report: Report
 def _external_data_tensors(graph) -> list[str]:
     import onnx
 
+    from .onnx_graphs import all_graphs
+
+    def external(t) -> bool:
+        return t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data) > 0
+
     found = []
-
-    def tensor(t):
-        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
-            found.append(t.name or "<unnamed>")
-
-    def walk(g):
-        for t in g.initializer:
-            tensor(t)
-        for s in g.sparse_initializer:
-            tensor(s.values)
-            tensor(s.indices)
+    for g in all_graphs(graph):
+        tensors = list(g.initializer)
+        tensors += [x for s in g.sparse_initializer for x in (s.values, s.indices)]
         for node in g.node:
             for a in node.attribute:
                 if a.HasField("t"):
-                    tensor(a.t)
-                for t in a.tensors:
-                    tensor(t)
-                if a.HasField("g"):
-                    walk(a.g)
-                for sub in a.graphs:
-                    walk(sub)
-
-    walk(graph)
+                    tensors.append(a.t)
+                tensors.extend(a.tensors)
+        found += [t.name or "<unnamed>" for t in tensors if external(t)]
     return found
 
 

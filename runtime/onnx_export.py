@@ -14,6 +14,7 @@ import numpy as np
 from mrcformat.container import Container, Tensor
 from mrcformat.decoder import decode_group
 from mrcformat.errors import GraphError, LimitError
+from mrcformat.onnx_graphs import all_graphs
 from mrcformat.atomic import atomic_write_bytes
 from mrcformat.reader import load
 
@@ -63,18 +64,10 @@ def graph_model(c: Container):
 def referenced_names(graph) -> set[str]:
     """Every value name read by a node of `graph` or of its subgraphs, plus the graph outputs."""
     names: set[str] = set()
-
-    def walk(g):
+    for g in all_graphs(graph):
         for node in g.node:
             names.update(node.input)
-            for a in node.attribute:
-                if a.HasField("g"):
-                    walk(a.g)
-                for sub in a.graphs:
-                    walk(sub)
         names.update(o.name for o in g.output)
-
-    walk(graph)
     names.discard("")
     return names
 

@@ -43,6 +43,7 @@ import numpy as np
 from mrcformat.bitpack import pack_indices
 from mrcformat.container import Container
 from mrcformat.errors import GraphError
+from mrcformat.onnx_graphs import all_graphs
 from mrcformat.sampler import normal_table
 from mrcformat.streams import DOMAIN_CANDIDATE, DOMAIN_HASH, domain_word, seed_key
 
@@ -364,8 +365,7 @@ def functions(opset: int = OPSET, *, hashing: bool = True) -> list:
 
 def _all_names(model) -> set[str]:
     names: set[str] = set()
-
-    def walk(g):
+    for g in all_graphs(model.graph):
         names.update(i.name for i in g.initializer)
         names.update(i.name for i in g.input)
         names.update(o.name for o in g.output)
@@ -373,13 +373,6 @@ def _all_names(model) -> set[str]:
         for node in g.node:
             names.update(node.input)
             names.update(node.output)
-            for a in node.attribute:
-                if a.HasField("g"):
-                    walk(a.g)
-                for sub in a.graphs:
-                    walk(sub)
-
-    walk(model.graph)
     return names
 
 
