@@ -20,6 +20,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _target_mode(path))  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -31,6 +32,16 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
         except FileNotFoundError:
             pass
         raise
+
+
+def _target_mode(path: Path) -> int:
+    """The replaced file's mode if it exists, else what open() would give (0666 minus the umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> int:

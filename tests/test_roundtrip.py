@@ -141,3 +141,19 @@ def test_save_refuses_invalid_container_without_touching_file(tmp_path):
     with pytest.raises(MrcError):
         save(c, path)
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.mrc"]
+
+
+def test_save_gives_ordinary_permissions(tmp_path):
+    """Atomic saves go through mkstemp (0600); the result must carry the usual mode, or the old file's."""
+    import stat
+
+    from mrcformat import Container, save
+
+    target = tmp_path / "m.mrc"
+    save(Container(seed=1), target)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    target.chmod(0o640)
+    save(Container(seed=2), target)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
