@@ -18,7 +18,7 @@ from mrcformat.bitpack import packed_length
 from mrcformat.layout import Layout, choose_affine, num_blocks, positions
 from mrcformat.streams import hash_words
 
-__all__ = ["GroupSpec", "GroupPlan", "allocate_blocks", "build_plan"]
+__all__ = ["GroupPlan", "GroupSpec", "allocate_blocks", "build_plan"]
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from mrcformat.coder import candidates as np_candidates
 from mrcformat.coder import choose_index
 
-__all__ = ["BlockChoice", "candidate_source", "score_candidates", "code_block"]
+__all__ = ["BlockChoice", "candidate_source", "code_block", "score_candidates"]
 
 
 @dataclass

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-__all__ = ["log_s_from_r", "s_from_c", "log_s_from_c", "mean_kl_moments", "gaussian_kl"]
+__all__ = ["gaussian_kl", "log_s_from_c", "log_s_from_r", "mean_kl_moments", "s_from_c"]
 
 _SMALL_R = 1e-6
 _HALLEY_STEPS = 3
@@ -49,7 +49,7 @@ def _solve_t(r: torch.Tensor) -> torch.Tensor:
 
 class _LogSFromR(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r: torch.Tensor) -> torch.Tensor:  # noqa: D401
+    def forward(ctx, r: torch.Tensor) -> torch.Tensor:
         t = _solve_t(r)
         ctx.save_for_backward(r, t)
         return t.to(r.dtype)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["VariationalLayer", "VariationalLinear", "VariationalConv2d", "variationalize"]
+__all__ = ["VariationalConv2d", "VariationalLayer", "VariationalLinear", "variationalize"]
 
 _VAR_FLOOR = 1e-16
 

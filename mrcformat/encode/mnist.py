@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["read_idx", "load_mnist", "mnist_loaders"]
+__all__ = ["load_mnist", "mnist_loaders", "read_idx"]
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 from mrcformat.sampler import bf16_bits_to_float, float_to_bf16_bits
 
@@ -98,7 +98,8 @@ class GroupPosterior(nn.Module):
         """(mean, log std) of q in slot order for all blocks (coded ones included, as trained)."""
         if self.method == "mean-var":
             return self.mean, self.log_std
-        sqrt_kl = math.sqrt(self.kl_target) * torch.exp(0.5 * torch.log_softmax(self.logits, dim=1))
+        logits = self.logits.masked_fill(~self.valid, _MASKED)   # padding slots get no KL
+        sqrt_kl = math.sqrt(self.kl_target) * torch.exp(0.5 * torch.log_softmax(logits, dim=1))
         return mean_kl_moments(sqrt_kl, self.nu, self.sigma_p())
 
     def block_kl(self) -> torch.Tensor:

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -29,12 +29,12 @@ from .coding import candidate_source, code_block
 from .kl_control import BlockBeta
 from .posterior import GroupPosterior
 
-__all__ = ["TrainConfig", "Interrupted", "ResumableBatches", "MiracleTrainer"]
+__all__ = ["Interrupted", "MiracleTrainer", "ResumableBatches", "TrainConfig"]
 
 
 @dataclass
 class TrainConfig:
-    method: str = "mean-kl"
+    method: str = "mean-var"
     steps: int = 2000               # variational training before coding
     retrain_steps: int = 10         # I: steps after each coding round
     blocks_per_round: int = 1
@@ -148,6 +148,7 @@ class MiracleTrainer:
         self.opt = torch.optim.Adam(self._param_groups())
         self.state = _State()
         self.gen = candidate_source(self.device, config.generator)
+        self.fingerprint = ""  # set by compress(): the run's settings; a checkpoint of other settings is refused
 
     # --- parameters and forward -----------------------------------------------------------
     def _param_groups(self) -> list[dict]:
@@ -244,10 +245,10 @@ class MiracleTrainer:
             p = self.posteriors[i]
             if i not in moments:
                 mean, log_std = p.slot_moments()
-                moments[i] = (mean.detach(), log_std.detach())
-            mean, log_std = moments[i]
+                moments[i] = (mean.detach(), log_std.detach(), p.block_kl().detach().cpu())
+            mean, log_std, block_kl = moments[i]
             sp = float(p.sigma_p())
-            kl_b = float(p.block_kl()[b])
+            kl_b = float(block_kl[b])
             choice = code_block(self.seed, p.plan.gid, b, p.plan.block_size, p.plan.index_bits, sp,
                                 mean[b], log_std[b], p.valid[b], greedy=cfg.greedy, gen=self.gen)
             p.fix_block(b, choice.index, choice.values)
@@ -264,6 +265,7 @@ class MiracleTrainer:
     # --- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
+            "fingerprint": self.fingerprint,
             "state": self.state.__dict__.copy(),
             "model": self.model.state_dict(),
             "posteriors": self.posteriors.state_dict(),
@@ -275,6 +277,9 @@ class MiracleTrainer:
         }
 
     def load_state_dict(self, s: dict) -> None:
+        if s.get("fingerprint", "") != self.fingerprint:
+            raise ValueError("the checkpoint belongs to a run with other settings: "
+                             f"{s.get('fingerprint')!r} != {self.fingerprint!r}")
         self.state = _State(**s["state"])
         self.model.load_state_dict(s["model"])
         self.posteriors.load_state_dict(s["posteriors"])

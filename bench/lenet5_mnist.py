@@ -1,0 +1,145 @@
+"""LeNet-5-Caffe on MNIST: test error against compressed size, beside the published frontier.
+
+Reads the run records that `examples/lenet5_mnist.py --results bench/lenet5_results.json` writes
+(every number there was measured by decoding the saved .mrc file), so the heavy runs are not
+redone; `--run BUDGET[,BUDGET...]` runs the missing ones first (CPU: ~30-60 min each).
+
+Prints a table (index payload, file size, decoded test error, wall time), the Mean-KL vs
+Mean-Var comparison (steps until the KL is within budget, error, time) and writes
+bench/lenet5_mnist.png: error vs size (index bits only, as the papers count) with MIRACLE
+(1.52 KiB / 0.96%, 3.03 KiB / 0.69%), Bayesian Compression (2.3 KB / 1.0%) and Deep
+Compression (44 KB / 0.8%) drawn beside ours.
+
+    python bench/lenet5_mnist.py [--results bench/lenet5_results.json] [--run 1556,3102 --method mean-kl]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLISHED = [  # (label, size in KiB of the stored weights, test error %)
+    ("MIRACLE (Havasi et al. 2019)", 1.52, 0.96),
+    ("MIRACLE (Havasi et al. 2019)", 3.03, 0.69),
+    ("Bayesian Compression (Louizos et al. 2017)", 2.3 * 1000 / 1024, 1.0),
+    ("Deep Compression (Han et al. 2016)", 44 * 1000 / 1024, 0.8),
+]
+
+
+def steps_to_budget(run: dict) -> int | None:
+    """First recorded step (before coding) at which at most half of the blocks are above their KL budget.
+
+    Mean-KL: 0, every block's KL is its budget by construction. Mean-Var: the per-block control then
+    keeps each block's KL oscillating around its budget (history: blocks_over_budget, max_kl_ratio).
+    """
+    if run["method"] == "mean-kl":
+        return 0
+    for h in run.get("history", []):
+        if h["coded_blocks"] == 0 and h["blocks_over_budget"] <= 0.5 * h["blocks_uncoded"]:
+            return h["step"]
+    return None
+
+
+def _config(r: dict) -> str:
+    return f"{r['index_bits']} bits, hashing {r.get('hashing') or 'none'}"
+
+
+def table(runs: list[dict]) -> str:
+    lines = ["| run | method | blocks | hashing | index payload (B) | file (B) | test error (decoded file) | wall time |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r["payload_bytes"], r["test_error_percent"])):
+        lines.append(f"| {r['label']} | {r['method']} | {r['blocks']} x {r['index_bits']} bits | {r.get('hashing') or 'none'} "
+                     f"| {r['payload_bytes']} ({r['payload_bytes'] / 1024:.2f} KiB) | {r['file_bytes']} "
+                     f"| {r['test_error_percent']:.2f}% | {r['wall_seconds'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def comparison(runs: list[dict]) -> str:
+    """Mean-KL against Mean-Var where both ran with the same budget, bits and hashing."""
+    lines = ["| budget (B) | configuration | method | steps to reach the budget | test error | training | coding | wall |",
+             "|---|---|---|---|---|---|---|---|"]
+    by_setup: dict[tuple, list[dict]] = {}
+    for r in runs:
+        by_setup.setdefault((r["budget_bytes"], _config(r)), []).append(r)
+    for (budget, config), rs in sorted(by_setup.items()):
+        if len({r["method"] for r in rs}) < 2:
+            continue
+        for r in sorted(rs, key=lambda r: r["method"]):
+            s = steps_to_budget(r)
+            lines.append(f"| {budget} | {config} | {r['method']} | {'never' if s is None else s} "
+                         f"| {r['test_error_percent']:.2f}% | {r['train_seconds'] / 60:.1f} min "
+                         f"| {r['code_seconds'] / 60:.1f} min | {r['wall_seconds'] / 60:.1f} min |")
+    return "\n".join(lines) if len(lines) > 2 else "(no setup with both methods yet)"
+
+
+def plot(runs: list[dict], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    markers = {"MIRACLE (Havasi et al. 2019)": "s", "Bayesian Compression (Louizos et al. 2017)": "^",
+               "Deep Compression (Han et al. 2016)": "D"}
+    seen = set()
+    for label, kib, err in PUBLISHED:
+        ax.scatter([kib], [err], marker=markers[label], s=70, color="gray", zorder=3,
+                   label=None if label in seen else f"{label} (published)")
+        seen.add(label)
+    configs = sorted({(r["method"], _config(r)) for r in runs})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (method, config), color in zip(configs, colors):
+        rs = sorted((r for r in runs if (r["method"], _config(r)) == (method, config)), key=lambda r: r["payload_bytes"])
+        ax.plot([r["payload_bytes"] / 1024 for r in rs], [r["test_error_percent"] for r in rs], "o-", color=color,
+                label=f"mrcformat {method}, {config}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="both", which="minor", labelsize=7)
+    ax.set_xlabel("size of the stored weights (KiB; .mrc: packed indices)")
+    ax.set_ylabel("MNIST test error (%), .mrc: from the decoded file")
+    ax.set_title("LeNet-5-Caffe (431,080 parameters)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default=str(ROOT / "bench" / "lenet5_results.json"))
+    ap.add_argument("--plot", default=str(ROOT / "bench" / "lenet5_mnist.png"))
+    ap.add_argument("--run", default=None, help="comma-separated budgets (bytes) to run first if missing")
+    ap.add_argument("--method", default="mean-kl")
+    ap.add_argument("extra", nargs=argparse.REMAINDER, help="more flags for examples/lenet5_mnist.py (after --)")
+    args = ap.parse_args()
+    path = Path(args.results)
+    if args.run:
+        sys.path.insert(0, str(ROOT / "examples"))
+        import lenet5_mnist
+        done = {(r["budget_bytes"], r["method"]) for r in (json.loads(path.read_text()) if path.exists() else [])}
+        for b in (int(x) for x in args.run.split(",")):
+            if (b, args.method) not in done:
+                extra = [a for a in args.extra if a != "--"]
+                lenet5_mnist.main(["--budget", str(b), "--method", args.method, "--results", str(path),
+                                   "--out", str(ROOT / "bench" / f"lenet5-{b}-{args.method}.mrc"),
+                                   "--label", f"{b}-{args.method}", *extra])
+    if not path.exists():
+        sys.exit(f"no results at {path}: run examples/lenet5_mnist.py --results {path} (or this script with --run)")
+    runs = json.loads(path.read_text())
+    print(table(runs))
+    print()
+    print("Mean-KL vs Mean-Var (one run each):")
+    print(comparison(runs))
+    print()
+    print("Published (weights only): " + "; ".join(f"{l}: {k:.2f} KiB at {e}%" for l, k, e in PUBLISHED))
+    plot(runs, Path(args.plot))
+    print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

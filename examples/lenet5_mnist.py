@@ -1,0 +1,166 @@
+"""Compress LeNet-5-Caffe on MNIST with MIRACLE and check the file by decoding it.
+
+    python examples/lenet5_mnist.py --quick                  # a few minutes on 2 CPU cores
+    python examples/lenet5_mnist.py --budget 1556 --method mean-kl --out examples/lenet5-small.mrc
+    python examples/lenet5_mnist.py --budget 3102 --out examples/lenet5-accurate.mrc --checkpoint run.ckpt
+
+The run starts from the bundled pretrained network (examples/lenet5-pretrained.safetensors, float16,
+0.67% test error; `--pretrain` retrains it). The test error printed at the end is measured on the
+10,000 MNIST test images from the saved .mrc file alone: onnxruntime on the stored graph with
+the decoded weights (or, when the file has no graph, the numpy-decoded weights in the torch model).
+An interrupted run given the same `--checkpoint` continues where it stopped and ends with the same file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from lenet5_model import LeNet5, pretrain
+
+import mrcformat
+from mrcformat.encode import compress
+from mrcformat.encode.mnist import load_mnist, mnist_loaders
+
+DATA = HERE / "data"
+PRETRAINED = HERE / "lenet5-pretrained.safetensors"
+QUICK = {"budget": 3102, "bits": 10, "steps": 1000, "retrain_steps": 2, "blocks_per_round": 32}
+
+
+def load_pretrained(path: Path = PRETRAINED) -> LeNet5:
+    from safetensors.torch import load_file
+    model = LeNet5()
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return model
+
+
+def test_error_of_file(path: str | Path, data_dir: Path = DATA) -> tuple[float, str]:
+    """Test error (%) of the network stored in a .mrc file, and how it was run."""
+    x, y = load_mnist(data_dir, "test")
+    container = mrcformat.load(path)
+    if container.graph is not None:
+        try:
+            from mrcformat_runtime.ort import session
+            sess, how = session(str(path)), "onnxruntime (mrcformat_runtime.ort)"
+        except ImportError:
+            import onnx
+            import onnxruntime as ort
+            from onnx import numpy_helper
+            model = onnx.load_from_string(container.graph)
+            for name, arr in mrcformat.decode(container).items():
+                model.graph.initializer.append(numpy_helper.from_array(np.asarray(arr), name))
+            sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            how = "onnxruntime (graph + mrcformat.decode)"
+        name = sess.get_inputs()[0].name
+        logits = np.concatenate([sess.run(None, {name: x[i:i + 1000].numpy()})[0] for i in range(0, len(x), 1000)])
+        pred = torch.from_numpy(logits).argmax(1)
+    else:
+        model = LeNet5()
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in mrcformat.decode(container).items()})
+        with torch.no_grad():
+            pred = torch.cat([model(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
+        how = "torch with mrcformat.decode weights (file has no graph)"
+    return 100.0 * float((pred != y).float().mean()), how
+
+
+def add_record(path: Path, record: dict) -> None:
+    """Replace the run with the same label in the JSON list at `path` (locked: runs may end together)."""
+    import fcntl
+    import hashlib
+    import tempfile
+
+    from mrcformat.atomic import atomic_write_bytes
+
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"mrc-results-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = json.loads(path.read_text()) if path.exists() else []
+        runs = [r for r in runs if r.get("label") != record["label"]] + [record]
+        atomic_write_bytes(path, json.dumps(runs, indent=1).encode())
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help=f"small fast run: {QUICK}")
+    ap.add_argument("--budget", type=int, default=1556, help="index payload budget in bytes (1556 = 1.52 KiB)")
+    ap.add_argument("--method", choices=["mean-kl", "mean-var"], default="mean-var")
+    ap.add_argument("--bits", type=int, default=16, help="index bits per block")
+    ap.add_argument("--steps", type=int, default=6000, help="variational training steps before coding")
+    ap.add_argument("--retrain-steps", type=int, default=10, help="training steps after each coding round (I)")
+    ap.add_argument("--blocks-per-round", type=int, default=None,
+                    help="blocks coded per round (default: enough for about 260 rounds)")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr-scale", type=float, default=1e-2)
+    ap.add_argument("--kl-margin", type=float, default=1.0, help="nats below index_bits * ln 2 per block")
+    ap.add_argument("--allocation", default="sqrt")
+    ap.add_argument("--hashing", default="fc1=32,conv2=4,fc2=2",
+                    help="weights per coded value (hashing trick): one ratio, or per layer, e.g. fc1=32,conv2=4")
+    ap.add_argument("--biases", choices=["coded", "raw"], default="coded")
+    ap.add_argument("--greedy", action="store_true")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="lenet5-quick.mrc")
+    ap.add_argument("--checkpoint", default=None, help="checkpoint file: resume from it if present")
+    ap.add_argument("--results", default=None, help="JSON file to add this run's record to (for bench/)")
+    ap.add_argument("--label", default=None)
+    ap.add_argument("--pretrain", action="store_true", help="retrain the bundled starting network and exit")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.pretrain:
+        pretrain(str(DATA), str(PRETRAINED), threads=args.threads)
+        return {}
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(args, k, v)
+
+    if args.blocks_per_round is None:
+        args.blocks_per_round = max(1, math.ceil(args.budget * 8 // args.bits / 260))
+    hashing = None if args.hashing in (None, "", "none") else args.hashing
+    if hashing is not None:
+        hashing = ({k: float(v) for k, v in (kv.split("=") for kv in hashing.split(","))} if "=" in hashing
+                   else float(hashing))
+    train_loader, _ = mnist_loaders(DATA, batch_size=args.batch_size, seed=args.seed)
+    model = load_pretrained()
+    t0 = time.perf_counter()
+    result = compress(model, train_loader, budget_bytes=args.budget, method=args.method, index_bits=args.bits,
+                      steps=args.steps, retrain_steps=args.retrain_steps, blocks_per_round=args.blocks_per_round,
+                      lr=args.lr, lr_scale=args.lr_scale, kl_margin=args.kl_margin, allocation=args.allocation,
+                      hashing=hashing, biases=args.biases, greedy=args.greedy, seed=args.seed,
+                      device=args.device, checkpoint=args.checkpoint, progress=not args.no_progress,
+                      example_input=torch.zeros(1, 1, 28, 28),
+                      metadata={"model": "LeNet-5-Caffe", "dataset": "MNIST"})
+    wall = time.perf_counter() - t0
+    size = result.save(args.out)
+    err, how = test_error_of_file(args.out)
+    record = {"label": args.label or Path(args.out).stem, "out": str(args.out), "budget_bytes": args.budget,
+              "method": args.method, "index_bits": args.bits, "steps": args.steps,
+              "retrain_steps": args.retrain_steps, "blocks_per_round": args.blocks_per_round,
+              "hashing": args.hashing, "kl_margin": args.kl_margin,
+              "payload_bytes": result.payload_bytes, "file_bytes": size, "test_error_percent": round(err, 2),
+              "evaluated_with": how, "wall_seconds": round(wall, 1), "train_seconds": round(result.train_seconds, 1),
+              "code_seconds": round(result.code_seconds, 1), "blocks": result.summary()["blocks"],
+              "kl_budget_nats": round(result.summary()["blocks"] * args.bits * math.log(2) - 0.0, 1),
+              "seed": args.seed, "device": args.device, "history": result.history}
+    print(f"index payload: {result.payload_bytes} bytes ({result.payload_bytes / 1024:.2f} KiB)")
+    print(f"file size:     {size} bytes ({args.out})")
+    print(f"test error:    {err:.2f}%  [{how}]")
+    print(f"wall time:     {wall:.0f} s (training {result.train_seconds:.0f} s, coding {result.code_seconds:.0f} s)")
+    if args.results:
+        add_record(Path(args.results), record)
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Encoder end to end on a tiny MLP and a few hundred MNIST images (CPU, seconds)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import mrcformat
+from mrcformat.coder import regenerate
+from mrcformat.encode import Interrupted, compress
+from mrcformat.encode.mnist import load_mnist
+from mrcformat.layout import inverse_positions
+
+DATA = Path(__file__).resolve().parent.parent / "examples" / "data"
+
+
+def _data(n=384):
+    x, y = load_mnist(DATA, "test", limit=n)
+    return x[:, :, ::2, ::2].reshape(n, -1), y           # 14x14 = 196 features
+
+
+def _loader(x, y, seed=0):
+    return DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster, and immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pretrained(one_thread):
+    torch.manual_seed(0)
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(196, 24), nn.ReLU(), nn.Linear(24, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, x, y
+
+
+def _compress(model, x, y, **kw):
+    opts = {"budget_bytes": 200, "method": "mean-kl", "index_bits": 8, "steps": 40, "retrain_steps": 1,
+            "blocks_per_round": 8, "seed": 3, "progress": False, "example_input": x[:1]}
+    opts.update(kw)
+    return compress(model, _loader(x, y), **opts)
+
+
+def _error(model, x, y):
+    with torch.no_grad():
+        return float((model(x).argmax(1) != y).float().mean())
+
+
+@pytest.mark.parametrize("method", ["mean-kl", "mean-var"])
+def test_end_to_end(pretrained, tmp_path, method):
+    model, x, y = pretrained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = _compress(model, x, y, method=method, budget_bytes=600)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input model untouched
+    assert 590 <= result.payload_bytes <= 600
+    size = result.save(tmp_path / "m.mrc")
+    c = mrcformat.load(tmp_path / "m.mrc")
+    assert size == (tmp_path / "m.mrc").stat().st_size
+    assert [t.encoding for t in c.tensors] == ["coded"] * 4 and len(c.groups) == 2
+    m2 = nn.Sequential(nn.Linear(196, 24), nn.ReLU(), nn.Linear(24, 10))
+    m2.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in mrcformat.decode(c).items()})
+    assert _error(m2, x, y) < 0.5                              # far better than chance (0.9)
+    assert all(r["index"] >= 0 for r in result.coding) and len(result.coding) == sum(g.num_blocks for g in c.groups)
+
+
+def test_same_seed_same_bytes(pretrained):
+    model, x, y = pretrained
+    a = _compress(model, x, y).to_bytes()
+    b = _compress(model, x, y).to_bytes()
+    assert a == b
+    assert _compress(model, x, y, seed=4).to_bytes() != a
+
+
+@pytest.mark.parametrize("hashing", [None, 3.0])
+def test_decoded_weights_are_the_chosen_candidates(pretrained, hashing):
+    model, x, y = pretrained
+    result = _compress(model, x, y, hashing=hashing, biases="raw")
+    c = result.container
+    decoded = mrcformat.decode(c)
+    for name, w in result.trained_weights.items():               # what the encoder trained against
+        assert np.array_equal(decoded[name], w.numpy()), name
+    for gid, g in enumerate(c.groups):                           # and each block is candidate idx[b]
+        assert g.hashing == (hashing is not None)
+        values = mrcformat.decoder.decode_values(c.seed, gid, g)
+        inv = inverse_positions(g.layout, g.num_values)
+        for b in range(g.num_blocks):
+            cand = regenerate(c.seed, gid, b, int(g.indices[b]), g.block_size, g.mu, g.sigma)
+            k = min(g.block_size, g.num_values - b * g.block_size)
+            assert np.array_equal(values[inv[b * g.block_size: b * g.block_size + k]], cand[:k])
+    assert [t.encoding for t in c.tensors] == ["coded", "raw", "coded", "raw"]
+
+
+def test_resume_gives_the_same_file(pretrained, tmp_path):
+    model, x, y = pretrained
+    ref = _compress(model, x, y, method="mean-var").to_bytes()
+    ckpt = tmp_path / "run.ckpt"
+    for stop in (25, 47, 60):                                    # in training, between and after coding rounds
+        with pytest.raises(Interrupted):
+            _compress(model, x, y, method="mean-var", checkpoint=str(ckpt), interrupt_after=stop)
+        assert ckpt.exists()
+    resumed = _compress(model, x, y, method="mean-var", checkpoint=str(ckpt)).to_bytes()
+    assert resumed == ref
+
+
+def test_budget_respected_for_many_budgets(pretrained):
+    from mrcformat.encode.api import coded_layer_specs
+    from mrcformat.encode.blocks import allocate_blocks, build_plan
+    model, _, _ = pretrained
+    specs = coded_layer_specs(model)
+    for budget in (4, 17, 100, 333, 1000):
+        for bits in (3, 8, 13):
+            try:
+                sizes = allocate_blocks(specs, budget, bits)
+            except ValueError:
+                assert budget * 8 < 2 * bits + 16
+                continue
+            used = sum(p.payload_bytes for p in build_plan(specs, sizes, bits, seed=1))
+            assert used <= budget
+            assert used >= 0.85 * budget or budget < 100   # block-size granularity of tiny groups
+
+
+def test_checkpoint_of_other_settings_is_refused(pretrained, tmp_path):
+    model, x, y = pretrained
+    ckpt = str(tmp_path / "run.ckpt")
+    with pytest.raises(Interrupted):
+        _compress(model, x, y, checkpoint=ckpt, interrupt_after=5)
+    with pytest.raises(ValueError, match="other settings"):
+        _compress(model, x, y, checkpoint=ckpt, steps=41)
