@@ -1,16 +1,16 @@
 """LeNet-5-Caffe on MNIST: test error against compressed size, beside the published frontier.
 
-Reads the run records that `examples/lenet5_mnist.py --results bench/lenet5_results.json` writes
+Reads the run records that `examples/lenet5_mnist.py --results bench/results/lenet5_mnist.json` writes
 (every number there was measured by decoding the saved .mrc file), so the heavy runs are not
 redone; `--run BUDGET[,BUDGET...]` runs the missing ones first (CPU: ~30-60 min each).
 
 Prints a table (index payload, file size, decoded test error, wall time), the Mean-KL vs
 Mean-Var comparison (steps until the KL is within budget, error, time) and writes
-bench/lenet5_mnist.png: error vs size (index bits only, as the papers count) with MIRACLE
+bench/results/lenet5_mnist.{md,png}: error vs size (index bits only, as the papers count) with MIRACLE
 (1.52 KiB / 0.96%, 3.03 KiB / 0.69%), Bayesian Compression (2.3 KB / 1.0%) and Deep
 Compression (44 KB / 0.8%) drawn beside ours.
 
-    python bench/lenet5_mnist.py [--results bench/lenet5_results.json] [--run 1556,3102 --method mean-kl]
+    python bench/lenet5_mnist.py [--results bench/results/lenet5_mnist.json] [--run 1556,3102 --method mean-kl]
 """
 from __future__ import annotations
 
@@ -47,10 +47,11 @@ def _config(r: dict) -> str:
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| run | method | blocks | hashing | index payload (B) | file (B) | test error (decoded file) | wall time |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [("| run | method | blocks | hashing | steps | index payload (B) | file (B) | test error (decoded file) "
+             "| wall time |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["payload_bytes"], r["test_error_percent"])):
         lines.append(f"| {r['label']} | {r['method']} | {r['blocks']} x {r['index_bits']} bits | {r.get('hashing') or 'none'} "
+                     f"| {r['steps']} + {r['blocks'] // r['blocks_per_round'] * r['retrain_steps']} "
                      f"| {r['payload_bytes']} ({r['payload_bytes'] / 1024:.2f} KiB) | {r['file_bytes']} "
                      f"| {r['test_error_percent']:.2f}% | {r['wall_seconds'] / 60:.1f} min |")
     return "\n".join(lines)
@@ -111,8 +112,9 @@ def plot(runs: list[dict], out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", default=str(ROOT / "bench" / "lenet5_results.json"))
-    ap.add_argument("--plot", default=str(ROOT / "bench" / "lenet5_mnist.png"))
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "lenet5_mnist.json"))
+    ap.add_argument("--plot", default=str(ROOT / "bench" / "results" / "lenet5_mnist.png"))
+    ap.add_argument("--markdown", default=str(ROOT / "bench" / "results" / "lenet5_mnist.md"))
     ap.add_argument("--run", default=None, help="comma-separated budgets (bytes) to run first if missing")
     ap.add_argument("--method", default="mean-kl")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="more flags for examples/lenet5_mnist.py (after --)")
@@ -131,14 +133,16 @@ def main() -> None:
     if not path.exists():
         sys.exit(f"no results at {path}: run examples/lenet5_mnist.py --results {path} (or this script with --run)")
     runs = json.loads(path.read_text())
-    print(table(runs))
-    print()
-    print("Mean-KL vs Mean-Var (one run each):")
-    print(comparison(runs))
-    print()
-    print("Published (weights only): " + "; ".join(f"{l}: {k:.2f} KiB at {e}%" for l, k, e in PUBLISHED))
+    text = "\n".join([
+        "# LeNet-5-Caffe on MNIST: test error vs size", "",
+        ("Every error is measured on the 10,000 test images from the saved .mrc file (decoded); "
+         "sizes: index payload (what the papers count) and the whole file."), "",
+        table(runs), "", "## Mean-KL vs Mean-Var (one run each)", "", comparison(runs), "",
+        "Published (weights only): " + "; ".join(f"{lab}: {k:.2f} KiB at {e}%" for lab, k, e in PUBLISHED), ""])
+    print(text)
+    Path(args.markdown).write_text(text)
     plot(runs, Path(args.plot))
-    print(f"plot: {args.plot}")
+    print(f"table: {args.markdown}\nplot: {args.plot}")
 
 
 if __name__ == "__main__":
