@@ -12,6 +12,9 @@
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -20,23 +23,10 @@ from mrcformat.container import Container, Group, Tensor
 from mrcformat.layout import choose_affine, num_blocks
 from mrcformat.sampler import float_to_bf16_bits, float_to_f32_bits
 
-__all__ = ["SCALES", "VGG16", "VGG16_CFG", "LeNet5", "build", "container_for", "decoded_bytes"]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from lenet5_model import LeNet5  # noqa: E402  (the bundled example's model: one definition)
 
-
-class LeNet5(nn.Module):
-    """Caffe LeNet-5: conv 20 5x5, maxpool, conv 50 5x5, maxpool, fc 800-500, relu, fc 500-10."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 20, 5)
-        self.conv2 = nn.Conv2d(20, 50, 5)
-        self.fc1 = nn.Linear(800, 500)
-        self.fc2 = nn.Linear(500, 10)
-
-    def forward(self, x):
-        x = nn.functional.max_pool2d(self.conv1(x), 2)
-        x = nn.functional.max_pool2d(self.conv2(x), 2)
-        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+__all__ = ["SCALES", "VGG16", "VGG16_CFG", "LeNet5", "build", "container_for", "decoded_bytes", "pyplot"]
 
 
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -112,3 +102,15 @@ def build(scale: str, *, graph: bool = True, seed: int = 7) -> tuple[nn.Module, 
 def decoded_bytes(c: Container) -> int:
     """Bytes of all tensors once decoded (coded float32, raw in their stored dtype)."""
     return sum(t.numel * 4 if t.encoding == "coded" else t.data.nbytes for t in c.tensors)
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt

@@ -288,12 +288,10 @@ def report(results: dict, elapsed: float) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    try:
-        import matplotlib
+    import _models
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _models.pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 6), squeeze=False)
     for ax, (scale, (info, rows)) in zip(axes[0], results.items()):

@@ -352,12 +352,8 @@ def report(results: dict, args, elapsed: float) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _models.pyplot()
+    if plt is None:
         return
     scales = list(results)
     fig, axes = plt.subplots(1, len(scales) + 1, figsize=(6 * len(scales) + 5, 5.5),
