@@ -43,18 +43,46 @@ def steps_to_budget(run: dict) -> int | None:
 
 
 def _config(r: dict) -> str:
-    return f"{r['index_bits']} bits, hashing {r.get('hashing') or 'none'}"
+    text = f"{r['index_bits']} bits, hashing {r.get('hashing') or 'none'}"
+    if r.get("allocation", "sqrt") != "sqrt":
+        text += f", {r['allocation']} allocation"
+    if r.get("biases", "coded") != "coded":
+        text += f", {r['biases']} biases"
+    return text
+
+
+def _steps(r: dict) -> str:
+    main = f"{r['steps']} + {r['blocks'] // r['blocks_per_round'] * r['retrain_steps']}"
+    return f"{r['alloc_steps']} + {main}" if r.get("alloc_steps") else main
 
 
 def table(runs: list[dict]) -> str:
-    lines = [("| run | method | blocks | hashing | steps | index payload (B) | file (B) | test error (decoded file) "
-             "| wall time |"), "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| run | method | blocks | hashing | allocation, biases | steps | index payload (B) | file (B) "
+              "| test error (decoded file) | wall time |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["payload_bytes"], r["test_error_percent"])):
         lines.append(f"| {r['label']} | {r['method']} | {r['blocks']} x {r['index_bits']} bits | {r.get('hashing') or 'none'} "
-                     f"| {r['steps']} + {r['blocks'] // r['blocks_per_round'] * r['retrain_steps']} "
+                     f"| {r.get('allocation', 'sqrt')}, {r.get('biases', 'coded')} | {_steps(r)} "
                      f"| {r['payload_bytes']} ({r['payload_bytes'] / 1024:.2f} KiB) | {r['file_bytes']} "
                      f"| {r['test_error_percent']:.2f}% | {r['wall_seconds'] / 60:.1f} min |")
     return "\n".join(lines)
+
+
+def allocations(runs: list[dict]) -> str:
+    """Per group: values, blocks given, and the share of the budget the learned ("kl") pre-phase asked for."""
+    out = []
+    for r in runs:
+        groups = r.get("groups") or {}
+        if not any(g.get("demand_nats") is not None for g in groups.values()):
+            continue
+        total_demand = sum(g["demand_nats"] for g in groups.values()) or 1.0
+        total_blocks = sum(g["blocks"] for g in groups.values())
+        out += [f"**{r['label']}** ({r['payload_bytes']} B, {r['test_error_percent']:.2f}%)", "",
+                "| group | values | blocks x size | share of blocks | share of learned KL |", "|---|---|---|---|---|"]
+        for name, g in groups.items():
+            out.append(f"| {name} | {g['values']} | {g['blocks']} x {g['block_size']} | "
+                       f"{100 * g['blocks'] / total_blocks:.1f}% | {100 * g['demand_nats'] / total_demand:.1f}% |")
+        out.append("")
+    return "\n".join(out) if out else "(no run with a learned allocation yet)"
 
 
 def comparison(runs: list[dict]) -> str:
@@ -138,6 +166,7 @@ def main() -> None:
         ("Every error is measured on the 10,000 test images from the saved .mrc file (decoded); "
          "sizes: index payload (what the papers count) and the whole file."), "",
         table(runs), "", "## Mean-KL vs Mean-Var (one run each)", "", comparison(runs), "",
+        "## Learned allocation (KL per group after the global-beta pre-phase)", "", allocations(runs), "",
         "Published (weights only): " + "; ".join(f"{lab}: {k:.2f} KiB at {e}%" for lab, k, e in PUBLISHED), ""])
     print(text)
     Path(args.markdown).write_text(text)

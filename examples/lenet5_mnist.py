@@ -113,10 +113,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-scale", type=float, default=1e-2)
     ap.add_argument("--kl-margin", type=float, default=1.0, help="nats below index_bits * ln 2 per block")
-    ap.add_argument("--allocation", default="sqrt")
+    ap.add_argument("--allocation", default="sqrt",
+                    help='blocks per layer: "kl" (learned in a pre-phase), "sqrt" or "size"')
+    ap.add_argument("--alloc-steps", type=int, default=2000, help="length of the --allocation kl pre-phase")
     ap.add_argument("--hashing", default="fc1=32,conv2=4,fc2=2",
                     help="weights per coded value (hashing trick): one ratio, or per layer, e.g. fc1=32,conv2=4")
-    ap.add_argument("--biases", choices=["coded", "raw"], default="coded")
+    ap.add_argument("--biases", choices=["coded", "separate", "raw"], default="coded")
     ap.add_argument("--greedy", action="store_true")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1)
@@ -149,6 +151,7 @@ def main(argv=None) -> dict:
     result = compress(model, train_loader, budget_bytes=args.budget, method=args.method, index_bits=args.bits,
                       steps=args.steps, retrain_steps=args.retrain_steps, blocks_per_round=args.blocks_per_round,
                       lr=args.lr, lr_scale=args.lr_scale, kl_margin=args.kl_margin, allocation=args.allocation,
+                      alloc_steps=args.alloc_steps,
                       hashing=hashing, biases=args.biases, greedy=args.greedy, seed=args.seed,
                       device=args.device, checkpoint=args.checkpoint, progress=not args.no_progress,
                       example_input=torch.zeros(1, 1, 28, 28),
@@ -159,7 +162,9 @@ def main(argv=None) -> dict:
     record = {"label": args.label or Path(args.out).stem, "out": str(args.out), "budget_bytes": args.budget,
               "method": args.method, "index_bits": args.bits, "steps": args.steps,
               "retrain_steps": args.retrain_steps, "blocks_per_round": args.blocks_per_round,
-              "hashing": args.hashing, "kl_margin": args.kl_margin,
+              "hashing": args.hashing, "kl_margin": args.kl_margin, "biases": args.biases,
+              "allocation": args.allocation, "alloc_steps": args.alloc_steps if args.allocation == "kl" else 0,
+              "groups": result.allocation,
               "payload_bytes": result.payload_bytes, "file_bytes": size, "test_error_percent": round(err, 2),
               "evaluated_with": how, "wall_seconds": round(wall, 1), "train_seconds": round(result.train_seconds, 1),
               "code_seconds": round(result.code_seconds, 1), "blocks": result.summary()["blocks"],
@@ -168,6 +173,9 @@ def main(argv=None) -> dict:
     print(f"index payload: {result.payload_bytes} bytes ({result.payload_bytes / 1024:.2f} KiB)")
     print(f"file size:     {size} bytes ({args.out})")
     print(f"test error:    {err:.2f}%  [{how}]")
+    for name, g in result.allocation.items():
+        demand = f", learned demand {g['demand_nats']:.0f} nats" if g["demand_nats"] is not None else ""
+        print(f"  group {name:<12} {g['blocks']:>5} blocks x {g['block_size']:>3} values{demand}")
     print(f"wall time:     {wall:.0f} s (training {result.train_seconds:.0f} s, coding {result.code_seconds:.0f} s)")
     if args.results:
         add_record(Path(args.results), record)

@@ -141,3 +141,63 @@ def test_checkpoint_of_other_settings_is_refused(pretrained, tmp_path):
         _compress(model, x, y, checkpoint=ckpt, interrupt_after=5)
     with pytest.raises(ValueError, match="other settings"):
         _compress(model, x, y, checkpoint=ckpt, steps=41)
+
+
+class _WithDeadLayer(nn.Module):
+    """fc2(relu(fc1(x))) plus a layer whose output is multiplied by zero: its weights cannot matter."""
+
+    def __init__(self, live: nn.Sequential) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = live[0], live[2]
+        self.dead = nn.Linear(196, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x))) + 0.0 * self.dead(x)
+
+
+def test_separate_biases_get_their_own_unhashed_groups(pretrained):
+    from mrcformat.encode.api import coded_layer_specs
+    model, x, y = pretrained
+    specs = coded_layer_specs(model, "separate", hashing=4.0)
+    assert [(s.name, s.hash_ratio) for s in specs] == [("0", 4.0), ("0.bias", 1.0), ("2", 4.0), ("2.bias", 1.0)]
+    result = _compress(model, x, y, method="mean-var", biases="separate", hashing=4.0, budget_bytes=300)
+    c = result.container
+    assert [g.hashing for g in c.groups] == [True, False, True, False]
+    assert [t.group for t in c.tensors] == [0, 1, 2, 3]
+    for name, w in result.trained_weights.items():
+        assert np.array_equal(mrcformat.decode(c)[name], w.numpy()), name
+
+
+def test_kl_allocation_starves_a_layer_that_cannot_matter(pretrained):
+    """One global beta puts the bits where they lower the loss: the dead layer ends with ~no KL."""
+    from mrcformat.encode.api import coded_layer_specs
+    from mrcformat.encode.blocks import allocate_blocks
+    live, x, y = pretrained
+    model = _WithDeadLayer(live)
+    result = _compress(model, x, y, method="mean-var", biases="separate", budget_bytes=400, allocation="kl",
+                       alloc_steps=300, beta_eps=0.02)
+    alloc = result.allocation
+    demand = {k: v["demand_nats"] for k, v in alloc.items()}
+    assert demand["dead"] < 0.05 * demand["fc1"], demand
+    sqrt_sizes = dict(zip([s.name for s in coded_layer_specs(model, "separate")],
+                          allocate_blocks(coded_layer_specs(model, "separate"), 400, 8, "sqrt")))
+    assert alloc["dead"]["block_size"] > 4 * sqrt_sizes["dead"]           # far fewer blocks than "sqrt" gives it
+    assert alloc["fc1"]["block_size"] < sqrt_sizes["fc1"]                 # and the live layers get them
+    assert 380 <= result.payload_bytes <= 400
+    assert len(result.alloc_history) > 0
+    # the pre-phase's single beta steered the total KL to the budget (within the annealing's slack)
+    last = result.alloc_history[-1]
+    assert last["step"] == 300
+    assert 0.8 < last["kl_uncoded"] / (last["blocks_uncoded"] * (8 * np.log(2))) < 1.1
+
+
+def test_kl_allocation_resumes_across_both_phases(pretrained, tmp_path):
+    model, x, y = pretrained
+    kw = {"method": "mean-var", "allocation": "kl", "alloc_steps": 30, "biases": "separate"}
+    ref = _compress(model, x, y, **kw).to_bytes()
+    ckpt = tmp_path / "run.ckpt"
+    for stop in (12, 30, 55, 80):                 # in the pre-phase, at its end, in training, in coding
+        with pytest.raises(Interrupted):
+            _compress(model, x, y, checkpoint=str(ckpt), interrupt_after=stop, **kw)
+    assert (tmp_path / "run.ckpt.alloc").exists()
+    assert _compress(model, x, y, checkpoint=str(ckpt), **kw).to_bytes() == ref

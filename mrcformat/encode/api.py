@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +28,13 @@ from mrcformat.decoder import decode
 from mrcformat.sampler import float_to_f32_bits
 from mrcformat.writer import save, to_bytes
 
+from .allocate import learn_allocation
 from .blocks import GroupSpec, allocate_blocks, build_plan
 from .layers import variationalize
 from .posterior import GroupPosterior
 from .train import MiracleTrainer, TrainConfig
 
-__all__ = ["CompressResult", "coded_layer_specs", "compress", "export_graph"]
+__all__ = ["BIASES", "CompressResult", "coded_layer_specs", "compress", "export_graph"]
 
 _DTYPE_NAMES = {
     torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64",
@@ -42,8 +43,18 @@ _DTYPE_NAMES = {
 }
 
 
+BIASES = ("coded", "separate", "raw")
+
+
 def coded_layer_specs(model: nn.Module, biases: str = "coded", hashing: float | dict | None = None) -> list[GroupSpec]:
-    """One group per nn.Linear / nn.Conv2d: its weight, plus its bias when biases == "coded"."""
+    """One group per nn.Linear / nn.Conv2d weight (named by the layer's path).
+
+    biases: "coded" (in the weight's group, hashed with it), "separate" (a group of its own,
+    named "<path>.bias", never hashed: a bias should not share its value with weights) or "raw"
+    (no group; stored as float32).
+    """
+    if biases not in BIASES:
+        raise ValueError(f"biases must be one of {BIASES}, not {biases!r}")
     specs = []
     for path, m in model.named_modules():
         if type(m) not in (nn.Linear, nn.Conv2d):
@@ -54,6 +65,8 @@ def coded_layer_specs(model: nn.Module, biases: str = "coded", hashing: float | 
             members.append((f"{prefix}bias", tuple(m.bias.shape)))
         ratio = hashing.get(path, 1.0) if isinstance(hashing, dict) else float(hashing or 1.0)
         specs.append(GroupSpec(path or "model", members, ratio))
+        if biases == "separate" and m.bias is not None:
+            specs.append(GroupSpec(f"{prefix}bias", [(f"{prefix}bias", tuple(m.bias.shape))], 1.0))
     return specs
 
 
@@ -81,6 +94,8 @@ class CompressResult:
     code_seconds: float = 0.0
     wall_seconds: float = 0.0
     trained_weights: dict = field(default_factory=dict, repr=False)  # encoder's final coded weights
+    allocation: dict = field(default_factory=dict)    # per group: blocks, block size, values, learned demand
+    alloc_history: list = field(default_factory=list)  # the "kl" allocation pre-phase's training record
 
 
     @property
@@ -113,7 +128,7 @@ class CompressResult:
 
 def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str = "mean-var", index_bits: int = 12,
              biases: str = "coded", hashing: float | dict | None = None, allocation: str | dict = "sqrt",
-             kl_margin: float = 0.0, init_std_ratio: float = 0.1, layout: str = "affine",
+             alloc_steps: int = 2000, kl_margin: float = 0.0, init_std_ratio: float = 0.1, layout: str = "affine",
              example_input: torch.Tensor | None = None, metadata: dict[str, str] | None = None,
              loss_fn=None, **train_options) -> CompressResult:
     """Compress `model` (weights are the starting point) with MIRACLE into `budget_bytes` of indices.
@@ -127,9 +142,13 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
             (q given by its mean and KL: each block's KL is its budget by construction). On LeNet-5
             Mean-Var reached the lower error for the same CPU time (bench/lenet5_mnist.py).
         index_bits: bits per block (K = 2**index_bits candidates scored per block).
-        biases: "coded" (in the layer's group) or "raw" (stored as float32).
+        biases: "coded" (in the layer's group), "separate" (a group per bias, not hashed) or "raw"
+            (stored as float32).
         hashing: weights per coded value (hashing trick), one ratio or {layer path: ratio}.
-        allocation: how blocks are shared among layers: "sqrt", "size" or {layer path: share}.
+        allocation: how blocks are shared among groups: "kl" (learned: `alloc_steps` Mean-Var
+            steps under one global KL penalty decide each group's share, then warm-start the
+            main run; see `allocate.py`), "sqrt", "size" or {group name: share}.
+        alloc_steps: length of the "kl" allocation pre-phase (before `steps`).
         kl_margin: nats subtracted from each block's budget index_bits * ln 2.
         init_std_ratio: Mean-Var initial posterior std as a fraction of sigma_p.
         example_input: one input batch for the architecture export (default: first training batch).
@@ -149,20 +168,41 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
     specs = coded_layer_specs(model, biases, hashing)
     if not specs:
         raise ValueError("the model has no nn.Linear or nn.Conv2d layer to code")
-    block_sizes = allocate_blocks(specs, budget_bytes, index_bits, allocation)
+    volatile = {"checkpoint", "checkpoint_every", "progress", "interrupt_after", "device", "generator"}
+    settings = {"budget_bytes": budget_bytes, "index_bits": index_bits, "biases": biases, "hashing": hashing,
+                "allocation": allocation, "alloc_steps": alloc_steps if allocation == "kl" else 0,
+                "kl_margin": kl_margin, "init_std_ratio": init_std_ratio, "layout": layout,
+                **{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in volatile}}
+    coded_bias = biases != "raw"
+    warm = None
+    if allocation == "kl":
+        warm = learn_allocation(model, train_loader, specs, budget_bytes, index_bits, seed, cfg, steps=alloc_steps,
+                                coded_bias=coded_bias, layout=layout, kl_margin=kl_margin,
+                                init_std_ratio=init_std_ratio, loss_fn=loss_fn, fingerprint=repr(settings))
+        block_sizes = allocate_blocks(specs, budget_bytes, index_bits, warm.shares(specs))
+        if cfg.interrupt_after is not None:     # counted over both phases
+            cfg = replace(cfg, interrupt_after=cfg.interrupt_after - alloc_steps)
+    else:
+        block_sizes = allocate_blocks(specs, budget_bytes, index_bits, allocation)
     plans = build_plan(specs, block_sizes, index_bits, seed, layout)
     params = dict(model.state_dict())
     posteriors = []
-    for plan in plans:
-        w = torch.cat([params[name].detach().reshape(-1).float().cpu() for name, _ in plan.spec.members])
-        posteriors.append(GroupPosterior(plan, method, w, init_std_ratio=init_std_ratio, kl_margin=kl_margin))
-    vmodel, layers = variationalize(model, coded_bias=(biases == "coded"))
+    for g, plan in enumerate(plans):
+        if warm is None:
+            w = torch.cat([params[name].detach().reshape(-1).float().cpu() for name, _ in plan.spec.members])
+            posteriors.append(GroupPosterior(plan, method, w, init_std_ratio=init_std_ratio, kl_margin=kl_margin))
+        else:
+            posteriors.append(GroupPosterior(plan, method, warm.weights[g], init_std_ratio=init_std_ratio,
+                                             kl_margin=kl_margin, init_log_std=warm.log_std[g],
+                                             init_log_sp=warm.log_sp[g]))
+    vmodel, layers = variationalize(model, coded_bias=coded_bias)
+    if warm is not None:
+        vmodel.load_state_dict(warm.raw_state)
     trainer = MiracleTrainer(vmodel, layers, posteriors, train_loader, cfg, loss_fn=loss_fn, seed=seed)
-    volatile = {"checkpoint", "checkpoint_every", "progress", "interrupt_after", "device", "generator"}
-    trainer.fingerprint = repr({"budget_bytes": budget_bytes, "index_bits": index_bits, "biases": biases,
-                                "hashing": hashing, "block_sizes": block_sizes, "kl_margin": kl_margin,
-                                "init_std_ratio": init_std_ratio, "layout": layout,
-                                **{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in volatile}})
+    if warm is not None:
+        for beta in trainer.betas:
+            beta.beta.fill_(warm.beta)      # every block starts where the global beta ended
+    trainer.fingerprint = repr({**settings, "block_sizes": block_sizes})
     trainer.run()
 
     # --- the container: coded groups + raw tensors in state_dict order + architecture ---------
@@ -191,5 +231,12 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
         final = {name: mean.detach().cpu().clone() for p in trainer.posteriors
                  for name, (mean, _) in p.member_moments().items()}
     st = trainer.state
-    return CompressResult(container, cfg, budget_bytes, st.history, st.coding, st.train_time, st.code_time,
-                          time.perf_counter() - t_start, final)
+    pre_history = warm.history if warm is not None else []
+    pre_time = warm.train_seconds if warm is not None else 0.0
+    return CompressResult(container, cfg, budget_bytes, st.history, st.coding, st.train_time + pre_time,
+                          st.code_time, time.perf_counter() - t_start, final,
+                          allocation={s.name: {"blocks": p.plan.num_blocks, "block_size": p.plan.block_size,
+                                               "values": p.plan.num_values,
+                                               "demand_nats": (round(warm.demand_nats[g], 2) if warm else None)}
+                                      for g, (s, p) in enumerate(zip(specs, trainer.posteriors))},
+                          alloc_history=pre_history)

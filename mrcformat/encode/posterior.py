@@ -32,7 +32,11 @@ _MASKED = -1e4
 
 class GroupPosterior(nn.Module):
     def __init__(self, plan: GroupPlan, method: str, init_weights: torch.Tensor, *,
-                 init_std_ratio: float = 0.1, kl_margin: float = 0.0) -> None:
+                 init_std_ratio: float = 0.1, kl_margin: float = 0.0, init_log_std: torch.Tensor | None = None,
+                 init_log_sp: float | None = None) -> None:
+        """q starts at `init_weights` (member order); Mean-Var's log std at `init_log_std` (one per value,
+        flat slot order as `value_moments` returns it) or at log(init_std_ratio * sigma_p); sigma_p at
+        `init_log_sp` or at the values' RMS."""
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {method!r}")
@@ -49,11 +53,15 @@ class GroupPosterior(nn.Module):
 
         values = self._values_from_weights(init_weights.detach().float().cpu())  # slot order, padded
         rms = float(values[plan.valid].pow(2).mean().sqrt()) or 1e-2
-        self.log_sp = nn.Parameter(torch.tensor(math.log(rms)))
-        sp = rms
+        log_sp = math.log(rms) if init_log_sp is None else float(init_log_sp)
+        self.log_sp = nn.Parameter(torch.tensor(log_sp))
+        sp = math.exp(log_sp)
         if method == "mean-var":
             self.mean = nn.Parameter(values)
-            self.log_std = nn.Parameter(torch.full((nb, bsz), math.log(init_std_ratio * sp)))
+            log_std = torch.full((nb * bsz,), math.log(init_std_ratio * sp))
+            if init_log_std is not None:
+                log_std[:plan.num_values] = init_log_std.detach().float().cpu()
+            self.log_std = nn.Parameter(log_std.view(nb, bsz))
         else:
             w2 = (values / sp) ** 2
             logits = torch.log(w2 + 0.05).masked_fill(~plan.valid, _MASKED)
@@ -101,6 +109,16 @@ class GroupPosterior(nn.Module):
         logits = self.logits.masked_fill(~self.valid, _MASKED)   # padding slots get no KL
         sqrt_kl = math.sqrt(self.kl_target) * torch.exp(0.5 * torch.log_softmax(logits, dim=1))
         return mean_kl_moments(sqrt_kl, self.nu, self.sigma_p())
+
+    def value_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log std) of every value in flat slot order, [num_values]: the same for any block size."""
+        mean, log_std = self.slot_moments()
+        n = self.plan.num_values
+        return mean.reshape(-1)[:n], log_std.reshape(-1)[:n]
+
+    def total_kl(self) -> torch.Tensor:
+        """KL(q || p) of the whole group (uncoded blocks as trained)."""
+        return self.block_kl().sum()
 
     def block_kl(self) -> torch.Tensor:
         """KL(q || p) of every block (valid slots only), [num_blocks]."""

@@ -44,6 +44,8 @@ class TrainConfig:
     lr_min_factor: float = 0.1      # lr decays (cosine) to lr * lr_min_factor over `steps`, then stays
     beta0: float = 1e-2             # Mean-Var: initial KL coefficient per block (ELBO units)
     beta_eps: float = 1e-2          # Mean-Var: beta multiplied / divided by (1 + eps) per step
+    kl_control: str = "block"       # Mean-Var: "block" (a beta per block, MIRACLE) or "global" (one beta, total KL)
+    code: bool = True               # False: train `steps` steps and stop (allocation pre-phase)
     greedy: bool = False            # coding: largest weight instead of the seeded MIRACLE sample
     seed: int = 0
     device: str = "cpu"
@@ -132,8 +134,11 @@ class MiracleTrainer:
         self.loss_fn = loss_fn or F.cross_entropy
         self.seed = seed
         self.num_examples = config.num_examples or len(loader.dataset)
+        if config.kl_control not in ("block", "global"):
+            raise ValueError(f"kl_control must be 'block' or 'global', not {config.kl_control!r}")
         self.betas = nn.ModuleList([BlockBeta(p.plan.num_blocks, config.beta0, config.beta_eps)
                                     for p in posteriors]).to(self.device)
+        self.global_beta = BlockBeta(1, config.beta0, config.beta_eps).to(self.device)
         self.noise = torch.Generator(device=self.device)
         self.noise.manual_seed(config.seed * 2654435761 % (1 << 63) + 12345)
         for layer in layers.values():
@@ -199,7 +204,12 @@ class MiracleTrainer:
         nll = self.loss_fn(self.forward(x), y)
         loss = nll
         kls = []
-        if cfg.method == "mean-var":
+        if cfg.method == "mean-var" and cfg.kl_control == "global":
+            # one beta on the total KL: the ELBO itself decides where the bits go (allocation pre-phase)
+            total = sum(((~p.coded).float() * p.block_kl()).sum() for p in self.posteriors)
+            kls.append(total.detach())
+            loss = loss + self.global_beta.beta[0] * total / self.num_examples
+        elif cfg.method == "mean-var":
             penalty = 0.0
             for p, beta in zip(self.posteriors, self.betas):
                 kl = p.block_kl()
@@ -210,7 +220,10 @@ class MiracleTrainer:
         loss.backward()
         self.opt.step()
         info = {"nll": float(nll.detach())}
-        if cfg.method == "mean-var":
+        if cfg.method == "mean-var" and cfg.kl_control == "global":
+            target = sum(p.kl_target * float((~p.coded).sum()) for p in self.posteriors)
+            self.global_beta.update(kls[0].reshape(1), target)
+        elif cfg.method == "mean-var":
             for p, beta, kl in zip(self.posteriors, self.betas, kls):
                 beta.update(kl, p.kl_target)
         st.step += 1
@@ -270,6 +283,7 @@ class MiracleTrainer:
             "model": self.model.state_dict(),
             "posteriors": self.posteriors.state_dict(),
             "betas": self.betas.state_dict(),
+            "global_beta": self.global_beta.state_dict(),
             "opt": self.opt.state_dict(),
             "noise": self.noise.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -286,6 +300,8 @@ class MiracleTrainer:
         for p in self.posteriors:
             p.log_sp.requires_grad_(not p.frozen)
         self.betas.load_state_dict(s["betas"])
+        if "global_beta" in s:
+            self.global_beta.load_state_dict(s["global_beta"])
         self.opt.load_state_dict(s["opt"])
         self.noise.set_state(s["noise"])
         self.batches.load_state_dict(s["batches"])
@@ -298,6 +314,8 @@ class MiracleTrainer:
     # --- the schedule ---------------------------------------------------------------------
     def total_actions(self) -> int:
         c = self.cfg
+        if not c.code:
+            return c.steps
         return c.steps + self.num_rounds + (self.num_rounds - 1) * c.retrain_steps + self._final_steps()
 
     def _final_steps(self) -> int:
@@ -307,6 +325,8 @@ class MiracleTrainer:
         st, c = self.state, self.cfg
         if st.step < c.steps:
             return "train"
+        if not c.code:
+            return None
         if st.coded_rounds < self.num_rounds:
             return "train" if st.pending > 0 else "code"
         return "train" if st.pending > 0 else None
