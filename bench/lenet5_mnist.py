@@ -48,6 +48,8 @@ def _config(r: dict) -> str:
         text += f", {r['allocation']} allocation"
     if r.get("biases", "coded") != "coded":
         text += f", {r['biases']} biases"
+    if r.get("greedy"):
+        text += ", greedy choice"
     return text
 
 
@@ -57,14 +59,16 @@ def _steps(r: dict) -> str:
 
 
 def table(runs: list[dict]) -> str:
-    lines = [("| run | method | blocks | hashing | allocation, biases | steps | index payload (B) | file (B) "
+    lines = [("| run | method | blocks | hashing | allocation, biases, choice | steps | index payload (B) | file (B) "
               "| test error (decoded file) | wall time |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["payload_bytes"], r["test_error_percent"])):
         lines.append(f"| {r['label']} | {r['method']} | {r['blocks']} x {r['index_bits']} bits | {r.get('hashing') or 'none'} "
-                     f"| {r.get('allocation', 'sqrt')}, {r.get('biases', 'coded')} | {_steps(r)} "
+                     f"| {r.get('allocation', 'sqrt')}, {r.get('biases', 'coded')}, {'greedy' if r.get('greedy') else 'sampled'} "
+                     f"| {_steps(r)} "
                      f"| {r['payload_bytes']} ({r['payload_bytes'] / 1024:.2f} KiB) | {r['file_bytes']} "
                      f"| {r['test_error_percent']:.2f}% | {r['wall_seconds'] / 60:.1f} min |")
-    return "\n".join(lines)
+    notes = [f"- {r['label']}: {r['note']}" for r in runs if r.get("note")]
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def allocations(runs: list[dict]) -> str:
@@ -76,11 +80,14 @@ def allocations(runs: list[dict]) -> str:
             continue
         total_demand = sum(g["demand_nats"] for g in groups.values()) or 1.0
         total_blocks = sum(g["blocks"] for g in groups.values())
+        total_sqrt = sum(g["values"] ** 0.5 for g in groups.values())
         out += [f"**{r['label']}** ({r['payload_bytes']} B, {r['test_error_percent']:.2f}%)", "",
-                "| group | values | blocks x size | share of blocks | share of learned KL |", "|---|---|---|---|---|"]
+                "| group | values | blocks x size | share of blocks | share of learned KL | share under the sqrt rule |",
+                "|---|---|---|---|---|---|"]
         for name, g in groups.items():
             out.append(f"| {name} | {g['values']} | {g['blocks']} x {g['block_size']} | "
-                       f"{100 * g['blocks'] / total_blocks:.1f}% | {100 * g['demand_nats'] / total_demand:.1f}% |")
+                       f"{100 * g['blocks'] / total_blocks:.1f}% | {100 * g['demand_nats'] / total_demand:.1f}% "
+                       f"| {100 * g['values'] ** 0.5 / total_sqrt:.1f}% |")
         out.append("")
     return "\n".join(out) if out else "(no run with a learned allocation yet)"
 

@@ -162,7 +162,7 @@ def main(argv=None) -> dict:
     record = {"label": args.label or Path(args.out).stem, "out": str(args.out), "budget_bytes": args.budget,
               "method": args.method, "index_bits": args.bits, "steps": args.steps,
               "retrain_steps": args.retrain_steps, "blocks_per_round": args.blocks_per_round,
-              "hashing": args.hashing, "kl_margin": args.kl_margin, "biases": args.biases,
+              "hashing": args.hashing, "kl_margin": args.kl_margin, "biases": args.biases, "greedy": args.greedy,
               "allocation": args.allocation, "alloc_steps": args.alloc_steps if args.allocation == "kl" else 0,
               "groups": result.allocation,
               "payload_bytes": result.payload_bytes, "file_bytes": size, "test_error_percent": round(err, 2),
