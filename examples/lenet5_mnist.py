@@ -35,6 +35,7 @@ from lenet5_model import LeNet5, pretrain
 
 import mrcformat
 from mrcformat.encode import compress
+from mrcformat.encode.augment import RandomShift
 from mrcformat.encode.mnist import load_mnist, mnist_loaders
 
 DATA = HERE / "data"
@@ -119,8 +120,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--hashing", default="fc1=32,conv2=4,fc2=2",
                     help="weights per coded value (hashing trick): one ratio, or per layer, e.g. fc1=32,conv2=4")
     ap.add_argument("--biases", choices=["coded", "separate", "raw"], default="coded")
-    ap.add_argument("--greedy", action="store_true")
+    ap.add_argument("--greedy", action="store_true", help="code each block with its best candidate, not a sample")
+    ap.add_argument("--refine-sweeps", type=int, default=0,
+                    help="after coding, sweeps re-choosing each index for the loss (Fisher-weighted model)")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--shift", type=int, default=0,
+                    help="augment training batches: random translations of up to this many pixels")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=2)
@@ -151,7 +156,8 @@ def main(argv=None) -> dict:
     result = compress(model, train_loader, budget_bytes=args.budget, method=args.method, index_bits=args.bits,
                       steps=args.steps, retrain_steps=args.retrain_steps, blocks_per_round=args.blocks_per_round,
                       lr=args.lr, lr_scale=args.lr_scale, kl_margin=args.kl_margin, allocation=args.allocation,
-                      alloc_steps=args.alloc_steps,
+                      alloc_steps=args.alloc_steps, refine_sweeps=args.refine_sweeps,
+                      batch_transform=RandomShift(args.shift) if args.shift else None,
                       hashing=hashing, biases=args.biases, greedy=args.greedy, seed=args.seed,
                       device=args.device, checkpoint=args.checkpoint, progress=not args.no_progress,
                       example_input=torch.zeros(1, 1, 28, 28),
@@ -162,7 +168,9 @@ def main(argv=None) -> dict:
     record = {"label": args.label or Path(args.out).stem, "out": str(args.out), "budget_bytes": args.budget,
               "method": args.method, "index_bits": args.bits, "steps": args.steps,
               "retrain_steps": args.retrain_steps, "blocks_per_round": args.blocks_per_round,
-              "hashing": args.hashing, "kl_margin": args.kl_margin, "biases": args.biases, "greedy": args.greedy,
+              "hashing": args.hashing, "kl_margin": args.kl_margin, "biases": args.biases, "greedy": args.greedy, "shift": args.shift,
+              "refine_sweeps": args.refine_sweeps, "refinement": result.refinement,
+              "refine_seconds": round(result.refine_seconds, 1),
               "allocation": args.allocation, "alloc_steps": args.alloc_steps if args.allocation == "kl" else 0,
               "groups": result.allocation,
               "payload_bytes": result.payload_bytes, "file_bytes": size, "test_error_percent": round(err, 2),
@@ -176,6 +184,9 @@ def main(argv=None) -> dict:
     for name, g in result.allocation.items():
         demand = f", learned demand {g['demand_nats']:.0f} nats" if g["demand_nats"] is not None else ""
         print(f"  group {name:<12} {g['blocks']:>5} blocks x {g['block_size']:>3} values{demand}")
+    for r in result.refinement:
+        print(f"  refinement sweep {r['sweep']}: training loss {r['loss_before']:.4f} -> {r['loss_after']:.4f}, "
+              f"{r['changed_blocks']} blocks changed, {'kept' if r['kept'] else 'undone'}")
     print(f"wall time:     {wall:.0f} s (training {result.train_seconds:.0f} s, coding {result.code_seconds:.0f} s)")
     if args.results:
         add_record(Path(args.results), record)

@@ -201,3 +201,66 @@ def test_kl_allocation_resumes_across_both_phases(pretrained, tmp_path):
             _compress(model, x, y, checkpoint=str(ckpt), interrupt_after=stop, **kw)
     assert (tmp_path / "run.ckpt.alloc").exists()
     assert _compress(model, x, y, checkpoint=str(ckpt), **kw).to_bytes() == ref
+
+
+def test_refinement_lowers_the_loss_and_keeps_indices_and_values_consistent(pretrained):
+    model, x, y = pretrained
+    base = _compress(model, x, y, method="mean-var", budget_bytes=300, greedy=True)
+    result = _compress(model, x, y, method="mean-var", budget_bytes=300, greedy=True, refine_sweeps=5,
+                       refine_examples=384)
+    sweeps = result.refinement
+    assert sweeps and all((s["loss_after"] < s["loss_before"]) == s["kept"] for s in sweeps)
+    assert any(s["kept"] for s in sweeps)
+    assert len(result.to_bytes()) == len(base.to_bytes())            # same size: only indices change
+    changed = [gid for gid, (a, b) in enumerate(zip(base.container.groups, result.container.groups))
+               if not np.array_equal(a.indices, b.indices)]
+    assert changed
+    c = result.container
+    decoded = mrcformat.decode(c)
+    for name, w in result.trained_weights.items():                   # coded values follow the new indices
+        assert np.array_equal(decoded[name], w.numpy()), name
+
+    def loss(r):
+        m = nn.Sequential(nn.Linear(196, 24), nn.ReLU(), nn.Linear(24, 10))
+        r.load_into(m)
+        with torch.no_grad():
+            return float(nn.functional.cross_entropy(m(x), y))
+    assert loss(result) < loss(base)          # the refinement examples are the whole (tiny) training set
+
+
+def test_random_shift_translates_with_zero_fill():
+    from mrcformat.encode.augment import RandomShift
+    x = torch.rand(64, 1, 6, 7) + 1.0
+    out = RandomShift(2)(x, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    assert torch.equal(RandomShift(2)(x, torch.Generator().manual_seed(1)), out)   # generator decides
+    assert torch.equal(RandomShift(0)(x), x)
+    for i in range(64):                                   # each image is x[i] moved by one (dy, dx)
+        hits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                if torch.equal(out[i], torch.roll(x[i], (dy, dx), (1, 2)) * _window(dy, dx, 6, 7))]
+        assert len(hits) == 1, i
+
+
+def _window(dy, dx, h, w):
+    m = torch.zeros(1, h, w)
+    m[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = 1
+    return m
+
+
+def test_augmented_run_resumes_to_the_same_file(tmp_path):
+    from mrcformat.encode.augment import RandomShift
+    torch.manual_seed(0)
+    x, y = load_mnist(DATA, "test", limit=256)
+    x = x[:, :, ::2, ::2]                                          # 14x14 images
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 12 * 12, 10))
+    kw = {"budget_bytes": 150, "method": "mean-var", "index_bits": 8, "steps": 30, "retrain_steps": 1,
+          "blocks_per_round": 16, "seed": 2, "progress": False, "example_input": x[:1],
+          "batch_transform": RandomShift(1)}
+    ref = compress(model, _loader(x, y), **kw).to_bytes()
+    assert compress(model, _loader(x, y), **{**kw, "batch_transform": None}).to_bytes() != ref
+    ckpt = tmp_path / "aug.ckpt"
+    with pytest.raises(Interrupted):
+        compress(model, _loader(x, y), checkpoint=str(ckpt), interrupt_after=17, **kw)
+    with pytest.raises(ValueError, match="other settings"):
+        compress(model, _loader(x, y), checkpoint=str(ckpt), **{**kw, "batch_transform": RandomShift(2)})
+    assert compress(model, _loader(x, y), checkpoint=str(ckpt), **kw).to_bytes() == ref

@@ -32,6 +32,7 @@ from .allocate import learn_allocation
 from .blocks import GroupSpec, allocate_blocks, build_plan
 from .layers import variationalize
 from .posterior import GroupPosterior
+from .refine import refine
 from .train import MiracleTrainer, TrainConfig
 
 __all__ = ["BIASES", "CompressResult", "coded_layer_specs", "compress", "export_graph"]
@@ -96,6 +97,8 @@ class CompressResult:
     trained_weights: dict = field(default_factory=dict, repr=False)  # encoder's final coded weights
     allocation: dict = field(default_factory=dict)    # per group: blocks, block size, values, learned demand
     alloc_history: list = field(default_factory=list)  # the "kl" allocation pre-phase's training record
+    refinement: list = field(default_factory=list)     # per refinement sweep: losses, blocks changed, kept
+    refine_seconds: float = 0.0
 
 
     @property
@@ -128,9 +131,10 @@ class CompressResult:
 
 def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str = "mean-var", index_bits: int = 12,
              biases: str = "coded", hashing: float | dict | None = None, allocation: str | dict = "sqrt",
-             alloc_steps: int = 2000, kl_margin: float = 0.0, init_std_ratio: float = 0.1, layout: str = "affine",
+             alloc_steps: int = 2000, refine_sweeps: int = 0, refine_examples: int = 10240,
+             kl_margin: float = 0.0, init_std_ratio: float = 0.1, layout: str = "affine",
              example_input: torch.Tensor | None = None, metadata: dict[str, str] | None = None,
-             loss_fn=None, **train_options) -> CompressResult:
+             loss_fn=None, batch_transform=None, **train_options) -> CompressResult:
     """Compress `model` (weights are the starting point) with MIRACLE into `budget_bytes` of indices.
 
     Args:
@@ -149,10 +153,15 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
             steps under one global KL penalty decide each group's share, then warm-start the
             main run; see `allocate.py`), "sqrt", "size" or {group name: share}.
         alloc_steps: length of the "kl" allocation pre-phase (before `steps`).
+        refine_sweeps: once every block is coded, sweeps of index refinement (`refine.py`: each
+            block re-chooses its candidate under a Fisher-weighted second-order model of the loss
+            on `refine_examples` training examples; a sweep that does not lower that loss is undone).
         kl_margin: nats subtracted from each block's budget index_bits * ln 2.
         init_std_ratio: Mean-Var initial posterior std as a fraction of sigma_p.
         example_input: one input batch for the architecture export (default: first training batch).
         loss_fn: (output, target) -> mean loss; default cross-entropy.
+        batch_transform: (x, generator) -> x applied to every training batch, e.g. data augmentation
+            (`augment.RandomShift`); its repr is part of the run's settings (checkpoints).
         **train_options: fields of `TrainConfig` (steps, retrain_steps, blocks_per_round, lr, seed,
             device, checkpoint, greedy, progress, ...).
     """
@@ -172,13 +181,15 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
     settings = {"budget_bytes": budget_bytes, "index_bits": index_bits, "biases": biases, "hashing": hashing,
                 "allocation": allocation, "alloc_steps": alloc_steps if allocation == "kl" else 0,
                 "kl_margin": kl_margin, "init_std_ratio": init_std_ratio, "layout": layout,
+                "batch_transform": repr(batch_transform),
                 **{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in volatile}}
     coded_bias = biases != "raw"
     warm = None
     if allocation == "kl":
         warm = learn_allocation(model, train_loader, specs, budget_bytes, index_bits, seed, cfg, steps=alloc_steps,
                                 coded_bias=coded_bias, layout=layout, kl_margin=kl_margin,
-                                init_std_ratio=init_std_ratio, loss_fn=loss_fn, fingerprint=repr(settings))
+                                init_std_ratio=init_std_ratio, loss_fn=loss_fn, fingerprint=repr(settings),
+                                batch_transform=batch_transform)
         block_sizes = allocate_blocks(specs, budget_bytes, index_bits, warm.shares(specs))
         if cfg.interrupt_after is not None:     # counted over both phases
             cfg = replace(cfg, interrupt_after=cfg.interrupt_after - alloc_steps)
@@ -198,12 +209,16 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
     vmodel, layers = variationalize(model, coded_bias=coded_bias)
     if warm is not None:
         vmodel.load_state_dict(warm.raw_state)
-    trainer = MiracleTrainer(vmodel, layers, posteriors, train_loader, cfg, loss_fn=loss_fn, seed=seed)
+    trainer = MiracleTrainer(vmodel, layers, posteriors, train_loader, cfg, loss_fn=loss_fn, seed=seed,
+                             batch_transform=batch_transform)
     if warm is not None:
         for beta in trainer.betas:
             beta.beta.fill_(warm.beta)      # every block starts where the global beta ended
     trainer.fingerprint = repr({**settings, "block_sizes": block_sizes})
     trainer.run()
+    refined = None
+    if refine_sweeps > 0:
+        refined = refine(trainer, sweeps=refine_sweeps, examples=refine_examples, progress=cfg.progress)
 
     # --- the container: coded groups + raw tensors in state_dict order + architecture ---------
     groups = [Group(float_to_f32_bits(0.0), int(p.frozen_sigma_bits), p.plan.block_size, p.plan.index_bits,
@@ -239,4 +254,5 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
                                                "values": p.plan.num_values,
                                                "demand_nats": (round(warm.demand_nats[g], 2) if warm else None)}
                                       for g, (s, p) in enumerate(zip(specs, trainer.posteriors))},
-                          alloc_history=pre_history)
+                          alloc_history=pre_history, refinement=refined.sweeps if refined else [],
+                          refine_seconds=refined.seconds if refined else 0.0)

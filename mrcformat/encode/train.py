@@ -124,7 +124,7 @@ class MiracleTrainer:
     """Owns the variational model, the group posteriors and the schedule."""
 
     def __init__(self, vmodel: nn.Module, layers: dict, posteriors: list[GroupPosterior], loader,
-                 config: TrainConfig, loss_fn=None, seed: int = 0) -> None:
+                 config: TrainConfig, loss_fn=None, seed: int = 0, batch_transform=None) -> None:
         self.cfg = config
         self.device = torch.device(config.device)
         self.model = vmodel.to(self.device)
@@ -132,6 +132,7 @@ class MiracleTrainer:
         self.posteriors = nn.ModuleList(posteriors).to(self.device)
         self.batches = ResumableBatches(loader)
         self.loss_fn = loss_fn or F.cross_entropy
+        self.batch_transform = batch_transform   # (x, generator) -> x on training batches (augmentation)
         self.seed = seed
         self.num_examples = config.num_examples or len(loader.dataset)
         if config.kl_control not in ("block", "global"):
@@ -200,6 +201,8 @@ class MiracleTrainer:
             g["lr"] = g["base_lr"] * self._lr_factor(st.step)
         x, y = self.batches.next()
         x, y = x.to(self.device), y.to(self.device)
+        if self.batch_transform is not None:
+            x = self.batch_transform(x, self.noise)
         self.model.train()
         nll = self.loss_fn(self.forward(x), y)
         loss = nll
