@@ -50,6 +50,10 @@ def _config(r: dict) -> str:
         text += f", {r['biases']} biases"
     if r.get("greedy"):
         text += ", greedy choice"
+    if r.get("shift"):
+        text += f", shift {r['shift']}px"
+    if r.get("refine_sweeps"):
+        text += ", refined"
     return text
 
 
@@ -59,12 +63,13 @@ def _steps(r: dict) -> str:
 
 
 def table(runs: list[dict]) -> str:
-    lines = [("| run | method | blocks | hashing | allocation, biases, choice | steps | index payload (B) | file (B) "
+    lines = [("| run | method | blocks | hashing | allocation, biases, choice, extras | steps | index payload (B) | file (B) "
               "| test error (decoded file) | wall time |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["payload_bytes"], r["test_error_percent"])):
         lines.append(f"| {r['label']} | {r['method']} | {r['blocks']} x {r['index_bits']} bits | {r.get('hashing') or 'none'} "
-                     f"| {r.get('allocation', 'sqrt')}, {r.get('biases', 'coded')}, {'greedy' if r.get('greedy') else 'sampled'} "
-                     f"| {_steps(r)} "
+                     f"| {r.get('allocation', 'sqrt')}, {r.get('biases', 'coded')}, {'greedy' if r.get('greedy') else 'sampled'}"
+                     f"{', shift ' + str(r['shift']) + 'px' if r.get('shift') else ''}"
+                     f"{', refined' if r.get('refine_sweeps') else ''} | {_steps(r)} "
                      f"| {r['payload_bytes']} ({r['payload_bytes'] / 1024:.2f} KiB) | {r['file_bytes']} "
                      f"| {r['test_error_percent']:.2f}% | {r['wall_seconds'] / 60:.1f} min |")
     notes = [f"- {r['label']}: {r['note']}" for r in runs if r.get("note")]

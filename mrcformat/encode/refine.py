@@ -90,12 +90,14 @@ def _loss(trainer, batches) -> float:
     return total / count
 
 
-def refine(trainer, *, sweeps: int = 2, examples: int = 10240, regrad_every: int = 64, damping: float = 1.0,
+def refine(trainer, *, sweeps: int = 2, examples: int = 10240, regrad_every: int = 64, damping: float = 16.0,
            chunk: int = 1 << 21, progress: bool = True) -> RefineReport:
     """Refine every coded block of a finished run in place (indices and values); see the module doc.
 
     `damping` multiplies the curvature term (a trust region: larger = smaller moves). A sweep that
     fails is undone and retried with 4x the damping; a kept sweep halves it (not below the start).
+    The empirical Fisher underestimates the curvature that matters here: on LeNet-5 sweeps at 1 and 4
+    raised the loss, 8-16 lowered it, hence the default 16.
     """
     t0 = time.perf_counter()
     report = RefineReport()
