@@ -121,7 +121,7 @@ def plot(runs: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(9, 7.5))
     markers = {"MIRACLE (Havasi et al. 2019)": "s", "Bayesian Compression (Louizos et al. 2017)": "^",
                "Deep Compression (Han et al. 2016)": "D"}
     seen = set()
@@ -129,11 +129,15 @@ def plot(runs: list[dict], out: Path) -> None:
         ax.scatter([kib], [err], marker=markers[label], s=70, color="gray", zorder=3,
                    label=None if label in seen else f"{label} (published)")
         seen.add(label)
-    configs = sorted({(r["method"], _config(r)) for r in runs})
+    # one line per recipe (hashing differs between budgets, so it is not part of the key)
+    def recipe(r):
+        return _config(r).replace(f", hashing {r.get('hashing') or 'none'}", "") + f", {r['steps'] // 1000}k steps"
+    configs = sorted({(r["method"], recipe(r)) for r in runs})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for (method, config), color in zip(configs, colors):
-        rs = sorted((r for r in runs if (r["method"], _config(r)) == (method, config)), key=lambda r: r["payload_bytes"])
-        ax.plot([r["payload_bytes"] / 1024 for r in rs], [r["test_error_percent"] for r in rs], "o-", color=color,
+    for n, (method, config) in enumerate(configs):
+        rs = sorted((r for r in runs if (r["method"], recipe(r)) == (method, config)), key=lambda r: r["payload_bytes"])
+        ax.plot([r["payload_bytes"] / 1024 for r in rs], [r["test_error_percent"] for r in rs],
+                "os^vDP*X"[n // len(colors) % 8] + "-", color=colors[n % len(colors)], alpha=0.85,
                 label=f"mrcformat {method}, {config}")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -145,7 +149,7 @@ def plot(runs: list[dict], out: Path) -> None:
     ax.set_ylabel("MNIST test error (%), .mrc: from the decoded file")
     ax.set_title("LeNet-5-Caffe (431,080 parameters)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 
