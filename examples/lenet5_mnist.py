@@ -1,7 +1,7 @@
 """Compress LeNet-5-Caffe on MNIST with MIRACLE and check the file by decoding it.
 
     python examples/lenet5_mnist.py --quick          # ~3 KiB of indices, about 4 minutes on 2 CPU cores
-    # the bundled files (seed 1, one thread: byte-identical reruns, ~30 min each on this CPU):
+    # the bundled files (seed 1, one thread: byte-identical reruns, ~25 min each on this CPU):
     python examples/lenet5_mnist.py --threads 1 --budget 1556 --hashing fc1=64,conv2=8,fc2=4 --shift 1 \
         --out examples/lenet5-small.mrc --checkpoint small.ckpt
     python examples/lenet5_mnist.py --threads 1 --budget 3102 --hashing fc1=32,conv2=4,fc2=2 --shift 2 \
