@@ -21,7 +21,7 @@ import torch
 from mrcformat.coder import candidates as np_candidates
 from mrcformat.coder import choose_index
 
-__all__ = ["BlockChoice", "candidate_source", "code_block", "score_candidates"]
+__all__ = ["BlockChoice", "candidate_chunks", "candidate_source", "code_block", "score_candidates"]
 
 
 @dataclass
@@ -52,6 +52,16 @@ def candidate_source(device: torch.device | str | None, generator: str = "auto")
     return gen
 
 
+def candidate_chunks(gen, seed: int, gid: int, block: int, block_size: int, index_bits: int, sigma_p: float,
+                     chunk: int = 1 << 21):
+    """Yield (first index, candidates [count, block_size]) over all 2^index_bits candidates of a block,
+    about `chunk` values at a time (bounded memory for any block size)."""
+    total = 1 << index_bits
+    per = max(1, min(total, chunk // max(1, block_size)))
+    for k0 in range(0, total, per):
+        yield k0, gen(seed, gid, block, block_size, 0.0, sigma_p, k0, min(per, total - k0))
+
+
 def score_candidates(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor, valid: torch.Tensor,
                      sigma_p: float) -> torch.Tensor:
     """log q(x) - log p(x) summed over valid slots, for candidates x [count, B] (float64 result)."""
@@ -70,13 +80,9 @@ def code_block(seed: int, gid: int, block: int, block_size: int, index_bits: int
                chunk: int = 1 << 21, gen=None) -> BlockChoice:
     """Score every candidate of one block under q (mean, log_std per slot) and p = N(0, sigma_p^2)."""
     gen = gen or candidate_source(mean.device)
-    total = 1 << index_bits
-    per = max(1, min(total, chunk // max(1, block_size)))
-    scores = torch.empty(total, dtype=torch.float64, device=mean.device)
-    for k0 in range(0, total, per):
-        cnt = min(per, total - k0)
-        x = gen(seed, gid, block, block_size, 0.0, sigma_p, k0, cnt)
-        scores[k0:k0 + cnt] = score_candidates(x, mean, log_std, valid, sigma_p)
+    scores = torch.empty(1 << index_bits, dtype=torch.float64, device=mean.device)
+    for k0, x in candidate_chunks(gen, seed, gid, block, block_size, index_bits, sigma_p, chunk):
+        scores[k0:k0 + len(x)] = score_candidates(x, mean, log_std, valid, sigma_p)
     lw = scores.cpu().numpy()
     k = choose_index(lw, greedy=greedy, seed=seed, group=gid, block=block)
     values = gen(seed, gid, block, block_size, 0.0, sigma_p, k, 1)[0]

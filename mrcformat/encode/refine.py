@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .coding import candidate_chunks
+
 __all__ = ["RefineReport", "refine"]
 
 
@@ -45,8 +47,8 @@ def _examples(trainer, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def _grad_fisher(trainer, batches, want_fisher: bool = True):
-    """Mean loss, its gradient and the empirical Fisher diagonal w.r.t. every group's coded values.
+def _grad_fisher(trainer, batches):
+    """Gradient of the mean loss and its empirical Fisher diagonal w.r.t. every group's coded values.
 
     Fisher per example from mini-batch gradients: E[g_mb^2] = F / m + (E g)^2.
     """
@@ -55,7 +57,7 @@ def _grad_fisher(trainer, batches, want_fisher: bool = True):
     leaves = [v.detach().clone().requires_grad_(True) for v in saved]
     grads = [torch.zeros_like(v) for v in saved]
     sq = [torch.zeros_like(v) for v in saved]
-    total, count, num = 0.0, 0, 0
+    count, num = 0, 0
     try:
         for p, leaf in zip(posts, leaves):
             p.coded_value = leaf
@@ -66,9 +68,7 @@ def _grad_fisher(trainer, batches, want_fisher: bool = True):
             m = len(y)
             for g, s, gi in zip(grads, sq, gs):
                 g.add_(gi, alpha=m)
-                if want_fisher:
-                    s.add_(gi * gi)
-            total += float(loss.detach()) * m
+                s.add_(gi * gi)
             count += m
             num += 1
     finally:
@@ -77,7 +77,7 @@ def _grad_fisher(trainer, batches, want_fisher: bool = True):
     mean_g = [g / count for g in grads]
     m = count / num
     fisher = [(m * (s / num - g * g)).clamp_min(0) for s, g in zip(sq, mean_g)]
-    return total / count, mean_g, fisher
+    return mean_g, fisher
 
 
 @torch.no_grad()
@@ -114,7 +114,7 @@ def refine(trainer, *, sweeps: int = 2, examples: int = 10240, regrad_every: int
         bar = tqdm(order, disable=not progress, desc=f"refine {sweep + 1}/{sweeps}", unit="block", dynamic_ncols=True)
         for n, (i, b) in enumerate(bar):
             if n % regrad_every == 0:
-                _, grads, fisher = _grad_fisher(trainer, data)
+                grads, fisher = _grad_fisher(trainer, data)
             with torch.no_grad():
                 p = posts[i]
                 plan = p.plan
@@ -122,18 +122,14 @@ def refine(trainer, *, sweeps: int = 2, examples: int = 10240, regrad_every: int
                 c = p.coded_value[b].to(torch.float64)
                 g = grads[i][b].to(torch.float64) * valid
                 f = fisher[i][b].to(torch.float64) * valid
-                sp = float(p.sigma_p())
-                total = 1 << plan.index_bits
-                per = max(1, min(total, chunk // max(1, plan.block_size)))
                 best_score, best_k, best_x = 0.0, -1, None
-                for k0 in range(0, total, per):
-                    cnt = min(per, total - k0)
-                    x = trainer.gen(trainer.seed, plan.gid, b, plan.block_size, 0.0, sp, k0, cnt).to(torch.float64)
-                    d = x - c
+                for k0, x in candidate_chunks(trainer.gen, trainer.seed, plan.gid, b, plan.block_size,
+                                              plan.index_bits, float(p.sigma_p()), chunk):
+                    d = x.to(torch.float64) - c
                     score = d @ g + (0.5 * mu) * ((d * d) @ f)
                     k = int(torch.argmin(score))
                     if float(score[k]) < best_score - 1e-12:
-                        best_score, best_k, best_x = float(score[k]), k0 + k, x[k]
+                        best_score, best_k, best_x = float(score[k]), k0 + k, x[k].to(torch.float64)
                 if best_k >= 0 and best_k != int(p.index[b]):
                     delta = best_x - c
                     grads[i][b] += (f * delta).to(grads[i].dtype)
