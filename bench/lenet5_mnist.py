@@ -50,8 +50,20 @@ def _config(r: dict) -> str:
         text += f", {r['biases']} biases"
     if r.get("greedy"):
         text += ", greedy choice"
+    return text + _extras(r)
+
+
+def _extras(r: dict) -> str:
+    """Training options beyond the basic recipe, as ", a, b" (empty when none)."""
+    text = ""
     if r.get("shift"):
         text += f", shift {r['shift']}px"
+    if r.get("distill"):
+        text += f", distilled (weight {r['distill']:g}, T {r['temperature']:g})"
+    if r.get("kl_margin", 1.0) != 1.0:
+        text += f", KL margin {r['kl_margin']:g} nat"
+    if r.get("retrain_lr") is not None:
+        text += f", retraining lr x{r['retrain_lr']:g}"
     if r.get("refine_sweeps"):
         text += ", refined"
     return text
@@ -68,8 +80,7 @@ def table(runs: list[dict]) -> str:
     for r in sorted(runs, key=lambda r: (r["payload_bytes"], r["test_error_percent"])):
         lines.append(f"| {r['label']} | {r['method']} | {r['blocks']} x {r['index_bits']} bits | {r.get('hashing') or 'none'} "
                      f"| {r.get('allocation', 'sqrt')}, {r.get('biases', 'coded')}, {'greedy' if r.get('greedy') else 'sampled'}"
-                     f"{', shift ' + str(r['shift']) + 'px' if r.get('shift') else ''}"
-                     f"{', refined' if r.get('refine_sweeps') else ''} | {_steps(r)} "
+                     f"{_extras(r)} | {_steps(r)} "
                      f"| {r['payload_bytes']} ({r['payload_bytes'] / 1024:.2f} KiB) | {r['file_bytes']} "
                      f"| {r['test_error_percent']:.2f}% | {r['wall_seconds'] / 60:.1f} min |")
     notes = [f"- {r['label']}: {r['note']}" for r in runs if r.get("note")]

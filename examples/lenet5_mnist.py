@@ -125,6 +125,11 @@ def main(argv=None) -> dict:
                     help="index of each block: its highest-weight candidate, or MIRACLE's seeded sample")
     ap.add_argument("--refine-sweeps", type=int, default=0,
                     help="after coding, sweeps re-choosing each index for the loss (Fisher-weighted model)")
+    ap.add_argument("--retrain-lr", type=float, default=None,
+                    help="lr factor while coding (default: 0.1, where the cosine decay of training ends)")
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="weight of distillation from the pretrained network (0: labels only)")
+    ap.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--shift", type=int, default=0,
                     help="augment training batches: random translations of up to this many pixels")
@@ -160,6 +165,8 @@ def main(argv=None) -> dict:
                       lr=args.lr, lr_scale=args.lr_scale, kl_margin=args.kl_margin, allocation=args.allocation,
                       alloc_steps=args.alloc_steps, refine_sweeps=args.refine_sweeps,
                       batch_transform=RandomShift(args.shift) if args.shift else None,
+                      teacher=load_pretrained() if args.distill > 0 else None, distill_weight=args.distill,
+                      distill_temperature=args.temperature, retrain_lr_factor=args.retrain_lr,
                       hashing=hashing, biases=args.biases, greedy=args.choice == "greedy", seed=args.seed,
                       device=args.device, checkpoint=args.checkpoint, progress=not args.no_progress,
                       example_input=torch.zeros(1, 1, 28, 28),
@@ -171,7 +178,8 @@ def main(argv=None) -> dict:
               "method": args.method, "index_bits": args.bits, "steps": args.steps,
               "retrain_steps": args.retrain_steps, "blocks_per_round": args.blocks_per_round,
               "hashing": args.hashing, "kl_margin": args.kl_margin, "biases": args.biases,
-              "greedy": args.choice == "greedy", "shift": args.shift,
+              "greedy": args.choice == "greedy", "shift": args.shift, "retrain_lr": args.retrain_lr,
+              "distill": args.distill, "temperature": args.temperature if args.distill > 0 else None,
               "refine_sweeps": args.refine_sweeps, "refinement": result.refinement,
               "refine_seconds": round(result.refine_seconds, 1),
               "allocation": args.allocation, "alloc_steps": args.alloc_steps if args.allocation == "kl" else 0,

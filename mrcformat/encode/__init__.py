@@ -6,8 +6,10 @@
 
 Modules: `layers` (variational Linear/Conv2d), `lambertw` (Mean-KL variance recovery),
 `posterior` (q, p and coded state of a group), `kl_control` (Mean-Var per-block beta),
-`blocks` (groups, block sizes, layouts), `coding` (candidate scoring and choice), `train`
-(the MIRACLE loop, checkpoints), `api` (`compress`), `mnist` (MNIST IDX loader).
+`blocks` (groups, block sizes, layouts), `allocate` (learned rate allocation), `coding`
+(candidate scoring and choice), `train` (the MIRACLE loop, checkpoints), `refine` (index
+refinement after coding), `distill` (knowledge distillation from a teacher), `augment`
+(training-batch transforms), `api` (`compress`), `mnist` (MNIST IDX loader).
 The decoder (`mrcformat`) never imports this package.
 """
 from .api import CompressResult, compress

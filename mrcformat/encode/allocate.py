@@ -49,7 +49,7 @@ class LearnedAllocation:
 def learn_allocation(model: torch.nn.Module, train_loader, specs: list[GroupSpec], budget_bytes: int,
                      index_bits: int, seed: int, cfg: TrainConfig, *, steps: int, coded_bias: bool,
                      layout: str = "affine", kl_margin: float = 0.0, init_std_ratio: float = 0.1,
-                     loss_fn=None, fingerprint: str = "", batch_transform=None) -> LearnedAllocation:
+                     loss_fn=None, fingerprint: str = "", batch_transform=None, distill=None) -> LearnedAllocation:
     """Train `steps` Mean-Var steps under one global KL penalty at the full budget; see the module doc.
 
     The provisional layout uses the "sqrt" rule (only the total number of blocks matters: one beta
@@ -69,7 +69,7 @@ def learn_allocation(model: torch.nn.Module, train_loader, specs: list[GroupSpec
                               lr_min_factor=1.0, final_steps=0, interrupt_after=stop,
                               checkpoint=f"{cfg.checkpoint}.alloc" if cfg.checkpoint else None)
     trainer = MiracleTrainer(vmodel, layers, posteriors, train_loader, pre, loss_fn=loss_fn, seed=seed,
-                             batch_transform=batch_transform)
+                             batch_transform=batch_transform, distill=distill)
     trainer.fingerprint = f"allocation pre-phase {steps} steps; {fingerprint}"
     trainer.run()
     with torch.no_grad():

@@ -30,6 +30,7 @@ from mrcformat.writer import save, to_bytes
 
 from .allocate import learn_allocation
 from .blocks import GroupSpec, allocate_blocks, build_plan
+from .distill import Distillation
 from .layers import variationalize
 from .posterior import GroupPosterior
 from .refine import refine
@@ -134,7 +135,8 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
              alloc_steps: int = 2000, refine_sweeps: int = 0, refine_examples: int = 10240,
              kl_margin: float = 0.0, init_std_ratio: float = 0.1, layout: str = "affine",
              example_input: torch.Tensor | None = None, metadata: dict[str, str] | None = None,
-             loss_fn=None, batch_transform=None, **train_options) -> CompressResult:
+             loss_fn=None, batch_transform=None, teacher: nn.Module | None = None,
+             distill_temperature: float = 4.0, distill_weight: float = 0.9, **train_options) -> CompressResult:
     """Compress `model` (weights are the starting point) with MIRACLE into `budget_bytes` of indices.
 
     Args:
@@ -162,6 +164,10 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
         loss_fn: (output, target) -> mean loss; default cross-entropy.
         batch_transform: (x, generator) -> x applied to every training batch, e.g. data augmentation
             (`augment.RandomShift`); its repr is part of the run's settings (checkpoints).
+        teacher: a network whose outputs the compressed one learns (knowledge distillation,
+            `distill.py`), typically the pretrained `model` itself; the data term becomes
+            (1 - distill_weight) * loss_fn + distill_weight * T^2 * KL(teacher || student) at
+            temperature `distill_temperature`. Refinement still uses `loss_fn` alone.
         **train_options: fields of `TrainConfig` (steps, retrain_steps, blocks_per_round, lr, seed,
             device, checkpoint, greedy, progress, ...).
     """
@@ -183,13 +189,15 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
                 "kl_margin": kl_margin, "init_std_ratio": init_std_ratio, "layout": layout,
                 "batch_transform": repr(batch_transform),
                 **{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in volatile}}
+    distill = Distillation(teacher, distill_temperature, distill_weight) if teacher is not None else None
+    settings["distill"] = repr(distill)
     coded_bias = biases != "raw"
     warm = None
     if allocation == "kl":
         warm = learn_allocation(model, train_loader, specs, budget_bytes, index_bits, seed, cfg, steps=alloc_steps,
                                 coded_bias=coded_bias, layout=layout, kl_margin=kl_margin,
                                 init_std_ratio=init_std_ratio, loss_fn=loss_fn, fingerprint=repr(settings),
-                                batch_transform=batch_transform)
+                                batch_transform=batch_transform, distill=distill)
         block_sizes = allocate_blocks(specs, budget_bytes, index_bits, warm.shares(specs))
         if cfg.interrupt_after is not None:     # counted over both phases
             cfg = replace(cfg, interrupt_after=cfg.interrupt_after - alloc_steps)
@@ -210,7 +218,7 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
     if warm is not None:
         vmodel.load_state_dict(warm.raw_state)
     trainer = MiracleTrainer(vmodel, layers, posteriors, train_loader, cfg, loss_fn=loss_fn, seed=seed,
-                             batch_transform=batch_transform)
+                             batch_transform=batch_transform, distill=distill)
     if warm is not None:
         for beta in trainer.betas:
             beta.beta.fill_(warm.beta)      # every block starts where the global beta ended

@@ -37,6 +37,7 @@ class TrainConfig:
     method: str = "mean-var"
     steps: int = 2000               # variational training before coding
     retrain_steps: int = 10         # I: steps after each coding round
+    retrain_lr_factor: float | None = None  # lr factor while coding (default: lr_min_factor, where the decay ended)
     blocks_per_round: int = 1
     final_steps: int = 0            # steps for raw parameters once everything is coded
     lr: float = 1e-3                # means and raw parameters
@@ -124,7 +125,7 @@ class MiracleTrainer:
     """Owns the variational model, the group posteriors and the schedule."""
 
     def __init__(self, vmodel: nn.Module, layers: dict, posteriors: list[GroupPosterior], loader,
-                 config: TrainConfig, loss_fn=None, seed: int = 0, batch_transform=None) -> None:
+                 config: TrainConfig, loss_fn=None, seed: int = 0, batch_transform=None, distill=None) -> None:
         self.cfg = config
         self.device = torch.device(config.device)
         self.model = vmodel.to(self.device)
@@ -133,6 +134,7 @@ class MiracleTrainer:
         self.batches = ResumableBatches(loader)
         self.loss_fn = loss_fn or F.cross_entropy
         self.batch_transform = batch_transform   # (x, generator) -> x on training batches (augmentation)
+        self.distill = distill.to(self.device) if distill is not None else None  # distill.Distillation
         self.seed = seed
         self.num_examples = config.num_examples or len(loader.dataset)
         if config.kl_control not in ("block", "global"):
@@ -191,7 +193,7 @@ class MiracleTrainer:
     def _lr_factor(self, step: int) -> float:
         f = self.cfg.lr_min_factor
         if step >= self.cfg.steps:
-            return f
+            return f if self.cfg.retrain_lr_factor is None else self.cfg.retrain_lr_factor
         return f + (1 - f) * 0.5 * (1 + math.cos(math.pi * step / max(1, self.cfg.steps)))
 
     def train_step(self) -> dict:
@@ -204,8 +206,9 @@ class MiracleTrainer:
         if self.batch_transform is not None:
             x = self.batch_transform(x, self.noise)
         self.model.train()
-        nll = self.loss_fn(self.forward(x), y)
-        loss = nll
+        out = self.forward(x)
+        nll = self.loss_fn(out, y)
+        loss = nll if self.distill is None else self.distill(out, nll, x)
         kls = []
         if cfg.method == "mean-var" and cfg.kl_control == "global":
             # one beta on the total KL: the ELBO itself decides where the bits go (allocation pre-phase)
