@@ -69,6 +69,13 @@ def _extras(r: dict) -> str:
     return text
 
 
+def _wall(r: dict) -> str:
+    """Wall time; a run that started from a shared trained checkpoint ran only its coding phase."""
+    if r.get("from_trained_checkpoint"):
+        return f"{r['wall_seconds'] / 60:.1f} min (coding only: training shared)"
+    return f"{r['wall_seconds'] / 60:.1f} min"
+
+
 def _steps(r: dict) -> str:
     main = f"{r['steps']} + {r['blocks'] // r['blocks_per_round'] * r['retrain_steps']}"
     return f"{r['alloc_steps']} + {main}" if r.get("alloc_steps") else main
@@ -82,7 +89,7 @@ def table(runs: list[dict]) -> str:
                      f"| {r.get('allocation', 'sqrt')}, {r.get('biases', 'coded')}, {'greedy' if r.get('greedy') else 'sampled'}"
                      f"{_extras(r)} | {_steps(r)} "
                      f"| {r['payload_bytes']} ({r['payload_bytes'] / 1024:.2f} KiB) | {r['file_bytes']} "
-                     f"| {r['test_error_percent']:.2f}% | {r['wall_seconds'] / 60:.1f} min |")
+                     f"| {r['test_error_percent']:.2f}% | {_wall(r)} |")
     notes = [f"- {r['label']}: {r['note']}" for r in runs if r.get("note")]
     return "\n".join(lines + ([""] + notes if notes else []))
 

@@ -15,6 +15,7 @@ The run starts from the bundled pretrained network (examples/lenet5-pretrained.s
 10,000 MNIST test images from the saved .mrc file alone: onnxruntime on the stored graph with
 the decoded weights (or, when the file has no graph, the numpy-decoded weights in the torch model).
 An interrupted run given the same `--checkpoint` continues where it stopped and ends with the same file.
+Runs given the same `--trained-checkpoint` train once: later ones start coding from the trained state.
 `--results FILE.json` adds the run's record (sizes, error, times, KL history) for bench/lenet5_mnist.py.
 """
 from __future__ import annotations
@@ -138,6 +139,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="lenet5-quick.mrc")
     ap.add_argument("--checkpoint", default=None, help="checkpoint file: resume from it if present")
+    ap.add_argument("--trained-checkpoint", default=None,
+                    help="state at the end of training: written once, then shared by runs that differ only in "
+                         "--retrain-steps, --retrain-lr, --blocks-per-round or --choice")
     ap.add_argument("--results", default=None, help="JSON file to add this run's record to (for bench/)")
     ap.add_argument("--label", default=None)
     ap.add_argument("--pretrain", action="store_true", help="retrain the bundled starting network and exit")
@@ -159,6 +163,7 @@ def main(argv=None) -> dict:
                    else float(hashing))
     train_loader, _ = mnist_loaders(DATA, batch_size=args.batch_size, seed=args.seed)
     model = load_pretrained()
+    forked = bool(args.trained_checkpoint) and Path(args.trained_checkpoint).exists()
     t0 = time.perf_counter()
     result = compress(model, train_loader, budget_bytes=args.budget, method=args.method, index_bits=args.bits,
                       steps=args.steps, retrain_steps=args.retrain_steps, blocks_per_round=args.blocks_per_round,
@@ -168,7 +173,8 @@ def main(argv=None) -> dict:
                       teacher=load_pretrained() if args.distill > 0 else None, distill_weight=args.distill,
                       distill_temperature=args.temperature, retrain_lr_factor=args.retrain_lr,
                       hashing=hashing, biases=args.biases, greedy=args.choice == "greedy", seed=args.seed,
-                      device=args.device, checkpoint=args.checkpoint, progress=not args.no_progress,
+                      device=args.device, checkpoint=args.checkpoint,
+                      trained_checkpoint=args.trained_checkpoint, progress=not args.no_progress,
                       example_input=torch.zeros(1, 1, 28, 28),
                       metadata={"model": "LeNet-5-Caffe", "dataset": "MNIST"})
     wall = time.perf_counter() - t0
@@ -188,7 +194,9 @@ def main(argv=None) -> dict:
               "evaluated_with": how, "wall_seconds": round(wall, 1), "train_seconds": round(result.train_seconds, 1),
               "code_seconds": round(result.code_seconds, 1), "blocks": result.summary()["blocks"],
               "kl_budget_nats": round(result.summary()["blocks"] * args.bits * math.log(2) - 0.0, 1),
-              "seed": args.seed, "device": args.device, "history": thin_history(result.history)}
+              "seed": args.seed, "device": args.device,
+              "from_trained_checkpoint": forked,   # wall_seconds then leaves out the shared training
+              "history": thin_history(result.history)}
     print(f"index payload: {result.payload_bytes} bytes ({result.payload_bytes / 1024:.2f} KiB)")
     print(f"file size:     {size} bytes ({args.out})")
     print(f"test error:    {err:.2f}%  [{how}]")

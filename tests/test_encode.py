@@ -331,3 +331,40 @@ def test_retrain_lr_factor_changes_only_the_coding_phase(pretrained):
     assert t._lr_factor(100) == pytest.approx(0.1)
     model, x, y = pretrained
     assert _compress(model, x, y, retrain_lr_factor=3.0).to_bytes() != _compress(model, x, y).to_bytes()
+
+
+def test_trained_checkpoint_is_shared_by_coding_variants(pretrained, tmp_path):
+    """One training, several codings: each variant's file equals the one its own full run makes."""
+    model, x, y = pretrained
+    trained = tmp_path / "trained.ckpt"
+    kw = {"method": "mean-var", "trained_checkpoint": str(trained)}
+    first = _compress(model, x, y, **kw).to_bytes()
+    assert trained.exists()
+    assert first == _compress(model, x, y, method="mean-var").to_bytes()
+    before = trained.stat().st_mtime_ns
+    for variant in ({"retrain_steps": 3}, {"greedy": True, "blocks_per_round": 5}, {"retrain_lr_factor": 0.5}):
+        forked = _compress(model, x, y, **kw, **variant).to_bytes()
+        assert forked == _compress(model, x, y, method="mean-var", **variant).to_bytes()
+        assert forked != first
+    assert trained.stat().st_mtime_ns == before            # written once, by the first run
+    with pytest.raises(ValueError, match="other training settings"):
+        _compress(model, x, y, **kw, lr=2e-3)
+
+
+def test_trained_checkpoint_must_be_at_the_end_of_training(pretrained, tmp_path):
+    model, x, y = pretrained
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(Interrupted):
+        _compress(model, x, y, method="mean-var", checkpoint=str(ckpt), interrupt_after=60)  # mid-coding
+    with pytest.raises(ValueError, match="not at the end of training"):
+        _compress(model, x, y, method="mean-var", trained_checkpoint=str(ckpt))
+
+
+def test_trained_checkpoint_with_learned_allocation(pretrained, tmp_path):
+    model, x, y = pretrained
+    kw = {"method": "mean-var", "allocation": "kl", "alloc_steps": 12}
+    trained = tmp_path / "trained.ckpt"
+    _compress(model, x, y, trained_checkpoint=str(trained), **kw)
+    assert Path(f"{trained}.alloc").exists()
+    forked = _compress(model, x, y, trained_checkpoint=str(trained), retrain_steps=2, **kw).to_bytes()
+    assert forked == _compress(model, x, y, retrain_steps=2, **kw).to_bytes()

@@ -67,7 +67,8 @@ def learn_allocation(model: torch.nn.Module, train_loader, specs: list[GroupSpec
     stop = cfg.interrupt_after if cfg.interrupt_after is not None and cfg.interrupt_after <= steps else None
     pre = dataclasses.replace(cfg, method="mean-var", steps=steps, kl_control="global", code=False,
                               lr_min_factor=1.0, final_steps=0, interrupt_after=stop,
-                              checkpoint=f"{cfg.checkpoint}.alloc" if cfg.checkpoint else None)
+                              checkpoint=f"{where}.alloc" if (where := cfg.checkpoint or cfg.trained_checkpoint) else None,
+                              trained_checkpoint=None)
     trainer = MiracleTrainer(vmodel, layers, posteriors, train_loader, pre, loss_fn=loss_fn, seed=seed,
                              batch_transform=batch_transform, distill=distill)
     trainer.fingerprint = f"allocation pre-phase {steps} steps; {fingerprint}"

@@ -38,6 +38,10 @@ from .train import MiracleTrainer, TrainConfig
 
 __all__ = ["BIASES", "CompressResult", "coded_layer_specs", "compress", "export_graph"]
 
+# settings that act only once training is over: runs that differ in these alone share a trained state
+_CODING_SETTINGS = frozenset({"retrain_steps", "retrain_lr_factor", "blocks_per_round", "final_steps", "greedy",
+                              "code"})
+
 _DTYPE_NAMES = {
     torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64",
     torch.int8: "int8", torch.uint8: "uint8", torch.int16: "int16", torch.int32: "int32", torch.int64: "int64",
@@ -169,7 +173,10 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
             (1 - distill_weight) * loss_fn + distill_weight * T^2 * KL(teacher || student) at
             temperature `distill_temperature`. Refinement still uses `loss_fn` alone.
         **train_options: fields of `TrainConfig` (steps, retrain_steps, blocks_per_round, lr, seed,
-            device, checkpoint, greedy, progress, ...).
+            device, checkpoint, greedy, progress, ...). `trained_checkpoint=PATH` keeps the state at
+            the end of training there; a later run that differs only in how it codes (retrain_steps,
+            retrain_lr_factor, blocks_per_round, final_steps, greedy) starts from it and ends with the
+            file it would have made from scratch.
     """
     t_start = time.perf_counter()
     known = {f.name for f in fields(TrainConfig)}
@@ -183,7 +190,8 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
     specs = coded_layer_specs(model, biases, hashing)
     if not specs:
         raise ValueError("the model has no nn.Linear or nn.Conv2d layer to code")
-    volatile = {"checkpoint", "checkpoint_every", "progress", "interrupt_after", "device", "generator"}
+    volatile = {"checkpoint", "checkpoint_every", "trained_checkpoint", "progress", "interrupt_after", "device",
+                "generator"}
     settings = {"budget_bytes": budget_bytes, "index_bits": index_bits, "biases": biases, "hashing": hashing,
                 "allocation": allocation, "alloc_steps": alloc_steps if allocation == "kl" else 0,
                 "kl_margin": kl_margin, "init_std_ratio": init_std_ratio, "layout": layout,
@@ -191,12 +199,13 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
                 **{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in volatile}}
     distill = Distillation(teacher, distill_temperature, distill_weight) if teacher is not None else None
     settings["distill"] = repr(distill)
+    train_settings = {k: v for k, v in settings.items() if k not in _CODING_SETTINGS}
     coded_bias = biases != "raw"
     warm = None
     if allocation == "kl":
         warm = learn_allocation(model, train_loader, specs, budget_bytes, index_bits, seed, cfg, steps=alloc_steps,
                                 coded_bias=coded_bias, layout=layout, kl_margin=kl_margin,
-                                init_std_ratio=init_std_ratio, loss_fn=loss_fn, fingerprint=repr(settings),
+                                init_std_ratio=init_std_ratio, loss_fn=loss_fn, fingerprint=repr(train_settings),
                                 batch_transform=batch_transform, distill=distill)
         block_sizes = allocate_blocks(specs, budget_bytes, index_bits, warm.shares(specs))
         if cfg.interrupt_after is not None:     # counted over both phases
@@ -223,6 +232,7 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
         for beta in trainer.betas:
             beta.beta.fill_(warm.beta)      # every block starts where the global beta ended
     trainer.fingerprint = repr({**settings, "block_sizes": block_sizes})
+    trainer.train_fingerprint = repr({**train_settings, "block_sizes": block_sizes})
     trainer.run()
     refined = None
     if refine_sweeps > 0:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,7 @@ class TrainConfig:
     generator: str = "auto"         # candidate generator: "numpy", "torch" or "auto"
     checkpoint: str | None = None
     checkpoint_every: int = 500     # actions between checkpoints
+    trained_checkpoint: str | None = None  # state at the end of training, shared by runs that differ only in coding
     progress: bool = True
     history_every: int = 50
     num_examples: int | None = None  # training-set size for the ELBO scale (default: len(dataset))
@@ -157,6 +159,7 @@ class MiracleTrainer:
         self.state = _State()
         self.gen = candidate_source(self.device, config.generator)
         self.fingerprint = ""  # set by compress(): the run's settings; a checkpoint of other settings is refused
+        self.train_fingerprint = ""  # the settings that shape training alone (see `trained_checkpoint`)
 
     # --- parameters and forward -----------------------------------------------------------
     def _param_groups(self) -> list[dict]:
@@ -285,6 +288,7 @@ class MiracleTrainer:
     def state_dict(self) -> dict:
         return {
             "fingerprint": self.fingerprint,
+            "train_fingerprint": self.train_fingerprint,
             "state": self.state.__dict__.copy(),
             "model": self.model.state_dict(),
             "posteriors": self.posteriors.state_dict(),
@@ -296,8 +300,18 @@ class MiracleTrainer:
             "batches": self.batches.state_dict(),
         }
 
-    def load_state_dict(self, s: dict) -> None:
-        if s.get("fingerprint", "") != self.fingerprint:
+    def load_state_dict(self, s: dict, *, trained_only: bool = False) -> None:
+        """Restore a checkpoint of this run; `trained_only`: one taken at the end of training by a run
+        whose coding settings may differ (`TrainConfig.trained_checkpoint`)."""
+        if trained_only:
+            st = s.get("state", {})
+            if s.get("train_fingerprint", "") != self.train_fingerprint or not self.train_fingerprint:
+                raise ValueError("the trained checkpoint belongs to a run with other training settings: "
+                                 f"{s.get('train_fingerprint')!r} != {self.train_fingerprint!r}")
+            if st.get("step") != self.cfg.steps or st.get("coded_rounds") != 0 or st.get("frozen"):
+                raise ValueError(f"the trained checkpoint is not at the end of training (step {st.get('step')}, "
+                                 f"{st.get('coded_rounds')} coding rounds; expected step {self.cfg.steps}, none)")
+        elif s.get("fingerprint", "") != self.fingerprint:
             raise ValueError("the checkpoint belongs to a run with other settings: "
                              f"{s.get('fingerprint')!r} != {self.fingerprint!r}")
         self.state = _State(**s["state"])
@@ -337,16 +351,26 @@ class MiracleTrainer:
             return "train" if st.pending > 0 else "code"
         return "train" if st.pending > 0 else None
 
+    def _at_end_of_training(self) -> bool:
+        st = self.state
+        return st.step == self.cfg.steps and st.coded_rounds == 0 and not st.frozen
+
     def run(self) -> None:
-        if self.cfg.checkpoint:
-            saved = load_checkpoint(self.cfg.checkpoint)
-            if saved is not None:
-                self.load_state_dict(saved)
+        saved = load_checkpoint(self.cfg.checkpoint) if self.cfg.checkpoint else None
+        if saved is not None:
+            self.load_state_dict(saved)
+        elif self.cfg.trained_checkpoint:
+            trained = load_checkpoint(self.cfg.trained_checkpoint)
+            if trained is not None:
+                self.load_state_dict(trained, trained_only=True)
         st, c = self.state, self.cfg
         bar = tqdm(total=self.total_actions(), initial=st.action, disable=not c.progress, desc="MIRACLE",
                    unit="act", dynamic_ncols=True)
         since_save = 0
         while True:
+            # the end of training: what every coding variant of this training starts from
+            if c.trained_checkpoint and self._at_end_of_training() and not Path(c.trained_checkpoint).exists():
+                save_checkpoint(self.state_dict(), c.trained_checkpoint)
             action = self._next_action()
             if action is None:
                 break
