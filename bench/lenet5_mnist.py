@@ -139,7 +139,7 @@ def plot(runs: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(9, 7.5))
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     markers = {"MIRACLE (Havasi et al. 2019)": "s", "Bayesian Compression (Louizos et al. 2017)": "^",
                "Deep Compression (Han et al. 2016)": "D"}
     seen = set()
@@ -147,16 +147,19 @@ def plot(runs: list[dict], out: Path) -> None:
         ax.scatter([kib], [err], marker=markers[label], s=70, color="gray", zorder=3,
                    label=None if label in seen else f"{label} (published)")
         seen.add(label)
-    # one line per recipe (hashing differs between budgets, so it is not part of the key)
-    def recipe(r):
-        return _config(r).replace(f", hashing {r.get('hashing') or 'none'}", "") + f", {r['steps'] // 1000}k steps"
-    configs = sorted({(r["method"], recipe(r)) for r in runs})
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for n, (method, config) in enumerate(configs):
-        rs = sorted((r for r in runs if (r["method"], recipe(r)) == (method, config)), key=lambda r: r["payload_bytes"])
-        ax.plot([r["payload_bytes"] / 1024 for r in rs], [r["test_error_percent"] for r in rs],
-                "os^vDP*X"[n // len(colors) % 8] + "-", color=colors[n % len(colors)], alpha=0.85,
-                label=f"mrcformat {method}, {config}")
+    # every run as a dot (the table says which is which), and a line through the best run per budget
+    ax.scatter([r["payload_bytes"] / 1024 for r in runs], [r["test_error_percent"] for r in runs], s=18,
+               color="C0", alpha=0.45, label=f"mrcformat, every run in the table ({len(runs)})")
+    best = {}
+    for r in runs:
+        if r["budget_bytes"] not in best or r["test_error_percent"] < best[r["budget_bytes"]]["test_error_percent"]:
+            best[r["budget_bytes"]] = r
+    front = sorted(best.values(), key=lambda r: r["payload_bytes"])
+    ax.plot([r["payload_bytes"] / 1024 for r in front], [r["test_error_percent"] for r in front], "o-", color="C3",
+            label="mrcformat, best run per budget")
+    for r in front:
+        ax.annotate(f"{r['test_error_percent']:.2f}%", (r["payload_bytes"] / 1024, r["test_error_percent"]),
+                    textcoords="offset points", xytext=(8, -4), fontsize=8, color="C3")
     ax.set_xscale("log")
     ax.set_yscale("log")
     for axis in (ax.xaxis, ax.yaxis):
@@ -167,7 +170,7 @@ def plot(runs: list[dict], out: Path) -> None:
     ax.set_ylabel("MNIST test error (%), .mrc: from the decoded file")
     ax.set_title("LeNet-5-Caffe (431,080 parameters)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 

@@ -1,11 +1,11 @@
 """Compress LeNet-5-Caffe on MNIST with MIRACLE and check the file by decoding it.
 
     python examples/lenet5_mnist.py --quick          # ~3 KiB of indices, about 4 minutes on 2 CPU cores
-    # the bundled files (seed 1, one thread: byte-identical reruns, ~25 min each on this CPU):
+    # the bundled files (seed 1, one thread: byte-identical reruns; ~20 and ~45 min on this CPU):
     python examples/lenet5_mnist.py --threads 1 --budget 1556 --hashing fc1=64,conv2=8,fc2=4 --shift 1 \
-        --out examples/lenet5-small.mrc --checkpoint small.ckpt
+        --retrain-lr 0.5 --out examples/lenet5-small.mrc --checkpoint small.ckpt
     python examples/lenet5_mnist.py --threads 1 --budget 3102 --hashing fc1=32,conv2=4,fc2=2 --shift 2 \
-        --out examples/lenet5-accurate.mrc --checkpoint accurate.ckpt
+        --retrain-lr 1 --retrain-steps 120 --out examples/lenet5-accurate.mrc --checkpoint accurate.ckpt
 
 Defaults: Mean-Var, 16-bit blocks, KL target 16 ln 2 - 1 nats per block, hashing fc1=32,conv2=4,fc2=2,
 10000 training steps, then about 260 coding rounds with 20 retraining steps after each; each block
