@@ -1,4 +1,5 @@
 """Encoder end to end on a tiny MLP and a few hundred MNIST images (CPU, seconds)."""
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -368,3 +369,19 @@ def test_trained_checkpoint_with_learned_allocation(pretrained, tmp_path):
     assert Path(f"{trained}.alloc").exists()
     forked = _compress(model, x, y, trained_checkpoint=str(trained), retrain_steps=2, **kw).to_bytes()
     assert forked == _compress(model, x, y, retrain_steps=2, **kw).to_bytes()
+
+
+def test_checkpoints_of_another_starting_network_are_refused(pretrained, tmp_path):
+    """The starting weights are part of a run's settings: a checkpoint trained from other weights is not resumed."""
+    model, x, y = pretrained
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1e-3
+    ckpt, trained = tmp_path / "run.ckpt", tmp_path / "trained.ckpt"
+    with pytest.raises(Interrupted):
+        _compress(model, x, y, method="mean-var", checkpoint=str(ckpt), interrupt_after=25)
+    _compress(model, x, y, method="mean-var", trained_checkpoint=str(trained))
+    with pytest.raises(ValueError, match="other settings"):
+        _compress(other, x, y, method="mean-var", checkpoint=str(ckpt))
+    with pytest.raises(ValueError, match="other training settings"):
+        _compress(other, x, y, method="mean-var", trained_checkpoint=str(trained))

@@ -30,6 +30,7 @@ from mrcformat.writer import save, to_bytes
 
 from .allocate import learn_allocation
 from .blocks import GroupSpec, allocate_blocks, build_plan
+from .digest import state_digest
 from .distill import Distillation
 from .layers import variationalize
 from .posterior import GroupPosterior
@@ -199,6 +200,8 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
                 **{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in volatile}}
     distill = Distillation(teacher, distill_temperature, distill_weight) if teacher is not None else None
     settings["distill"] = repr(distill)
+    # The starting weights are part of what a checkpoint was trained from (a teacher's are in `distill`).
+    settings["model_digest"] = state_digest(model)
     train_settings = {k: v for k, v in settings.items() if k not in _CODING_SETTINGS}
     coded_bias = biases != "raw"
     warm = None

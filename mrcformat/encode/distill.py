@@ -16,11 +16,12 @@ every block still meets its budget; only what the bits are spent on changes.
 from __future__ import annotations
 
 import copy
-import hashlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .digest import state_digest
 
 __all__ = ["Distillation"]
 
@@ -38,11 +39,7 @@ class Distillation:
             q.requires_grad_(False)
         self.temperature = float(temperature)
         self.weight = float(weight)
-        h = hashlib.sha256()
-        for name, v in sorted(self.teacher.state_dict().items()):
-            h.update(name.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        self.teacher_digest = h.hexdigest()[:16]
+        self.teacher_digest = state_digest(self.teacher)
 
     def __repr__(self) -> str:  # part of a run's settings: a checkpoint of another teacher is refused
         return f"Distillation(T={self.temperature}, weight={self.weight}, teacher={self.teacher_digest})"
