@@ -28,26 +28,32 @@ class LeNet5(nn.Module):
         return self.fc2(x)
 
 
-def pretrain(data_dir: str, out: str, epochs: int = 15, seed: int = 0, threads: int = 2) -> None:
-    """Train the deterministic network once and store it (float16 safetensors) as the MIRACLE starting point."""
+def pretrain(data_dir: str, out: str, epochs: int = 15, seed: int = 0, threads: int = 2, shift: int = 0) -> None:
+    """Train the deterministic network once and store it (float16 safetensors) as the MIRACLE starting point.
+
+    `shift`: augment every batch with random translations of up to this many pixels (0: none).
+    """
     import time
 
     from safetensors.torch import save_file
     from tqdm import tqdm
 
+    from mrcformat.encode.augment import RandomShift
     from mrcformat.encode.mnist import mnist_loaders
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     train, test = mnist_loaders(data_dir, batch_size=128, seed=seed)
     model = LeNet5()
+    augment = RandomShift(shift)
+    noise = torch.Generator().manual_seed(seed + 1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * len(train))
     t0 = time.time()
     for epoch in range(epochs):
         model.train()
         for x, y in tqdm(train, desc=f"epoch {epoch + 1}/{epochs}", leave=False):
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(augment(x, noise)), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -57,7 +63,8 @@ def pretrain(data_dir: str, out: str, epochs: int = 15, seed: int = 0, threads: 
             wrong = sum(int((model(x).argmax(1) != y).sum()) for x, y in test)
         print(f"epoch {epoch + 1}: test error {wrong / 100:.2f}%  ({time.time() - t0:.0f}s)", flush=True)
     save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, out,
-              metadata={"test_error_percent": f"{wrong / 100:.2f}", "epochs": str(epochs), "seed": str(seed)})
+              metadata={"test_error_percent": f"{wrong / 100:.2f}", "epochs": str(epochs), "seed": str(seed),
+                        "shift": str(shift)})
 
 
 if __name__ == "__main__":
