@@ -4,11 +4,12 @@ Reads the run records that `examples/lenet5_mnist.py --results bench/results/len
 (every number there was measured by decoding the saved .mrc file), so the heavy runs are not
 redone; `--run BUDGET[,BUDGET...]` runs the missing ones first (CPU: ~30-60 min each).
 
-Prints a table (index payload, file size, decoded test error, wall time), the Mean-KL vs
-Mean-Var comparison (steps until the KL is within budget, error, time) and writes
+Prints a table (index payload, file size, decoded test error, wall time), the spread of a recipe
+over seeds (runs whose settings differ only in `--seed`), the Mean-KL vs Mean-Var comparison
+(steps until the KL is within budget, error, time) and writes
 bench/results/lenet5_mnist.{md,png}: error vs size (index bits only, as the papers count) with MIRACLE
 (1.52 KiB / 0.96%, 3.03 KiB / 0.69%), Bayesian Compression (2.3 KB / 1.0%) and Deep
-Compression (44 KB / 0.8%) drawn beside ours.
+Compression (44 KB / 0.8%) drawn beside ours, and each multi-seed recipe as its mean and range.
 
     python bench/lenet5_mnist.py [--results bench/results/lenet5_mnist.json] [--run 1556,3102 --method mean-kl]
 """
@@ -56,6 +57,8 @@ def _config(r: dict) -> str:
 def _extras(r: dict) -> str:
     """Training options beyond the basic recipe, as ", a, b" (empty when none)."""
     text = ""
+    if r.get("init", "lenet5-pretrained.safetensors") != "lenet5-pretrained.safetensors":
+        text += f", from {Path(r['init']).stem}"
     if r.get("shift"):
         text += f", shift {r['shift']}px"
     if r.get("distill"):
@@ -115,6 +118,30 @@ def allocations(runs: list[dict]) -> str:
     return "\n".join(out) if out else "(no run with a learned allocation yet)"
 
 
+_RECIPE = ("budget_bytes", "method", "index_bits", "steps", "retrain_steps", "blocks_per_round", "hashing",
+           "kl_margin", "biases", "greedy", "shift", "retrain_lr", "distill", "refine_sweeps", "allocation", "init")
+
+
+def seed_groups(runs: list[dict]) -> list[list[dict]]:
+    """Runs of one recipe (same settings, `_RECIPE`) under two or more seeds, each list sorted by seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        key = tuple(str(r.get(k)) for k in _RECIPE[:-1]) + (r.get("init") or "lenet5-pretrained.safetensors",)
+        groups.setdefault(key, []).append(r)
+    return [sorted(rs, key=lambda r: r["seed"]) for rs in groups.values() if len({r["seed"] for r in rs}) > 1]
+
+
+def seeds(runs: list[dict]) -> str:
+    """Table of `seed_groups`: error per seed, mean and range."""
+    lines = ["| recipe (seed-1 label) | index payload (B) | test error per seed | mean | min - max |", "|---|---|---|---|---|"]
+    for rs in seed_groups(runs):
+        errs = [r["test_error_percent"] for r in rs]
+        lines.append(f"| {rs[0]['label']} | {rs[0]['payload_bytes']} | "
+                     + ", ".join(f"seed {r['seed']}: {r['test_error_percent']:.2f}%" for r in rs)
+                     + f" | {sum(errs) / len(errs):.2f}% | {min(errs):.2f}% - {max(errs):.2f}% |")
+    return "\n".join(lines) if len(lines) > 2 else "(no recipe run under several seeds yet)"
+
+
 def comparison(runs: list[dict]) -> str:
     """Mean-KL against Mean-Var where both ran with the same budget, bits and hashing."""
     lines = ["| budget (B) | configuration | method | steps to reach the budget | test error | training | coding | wall |",
@@ -160,6 +187,14 @@ def plot(runs: list[dict], out: Path) -> None:
     for r in front:
         ax.annotate(f"{r['test_error_percent']:.2f}%", (r["payload_bytes"] / 1024, r["test_error_percent"]),
                     textcoords="offset points", xytext=(8, -4), fontsize=8, color="C3")
+    for i, rs in enumerate(seed_groups(runs)):   # what one recipe gives over seeds: mean and range
+        errs = [r["test_error_percent"] for r in rs]
+        mean = sum(errs) / len(errs)
+        ax.errorbar([rs[0]["payload_bytes"] / 1024 * 1.04], [mean], yerr=[[mean - min(errs)], [max(errs) - mean]],
+                    fmt="_", color="C2", capsize=4, markersize=10,
+                    label="mrcformat, one recipe over seeds (mean, min-max)" if i == 0 else None)
+        ax.annotate(f"{len(rs)} seeds", (rs[0]["payload_bytes"] / 1024 * 1.04, max(errs)), textcoords="offset points",
+                    xytext=(4, 2), fontsize=7, color="C2")
     ax.set_xscale("log")
     ax.set_yscale("log")
     for axis in (ax.xaxis, ax.yaxis):
@@ -202,7 +237,10 @@ def main() -> None:
         "# LeNet-5-Caffe on MNIST: test error vs size", "",
         ("Every error is measured on the 10,000 test images from the saved .mrc file (decoded); "
          "sizes: index payload (what the papers count) and the whole file."), "",
-        table(runs), "", "## Mean-KL vs Mean-Var (one run each)", "", comparison(runs), "",
+        table(runs), "", "## One recipe, several seeds", "",
+        ("Seed changes the batch order, the initial posterior noise and the file's coding seed; the spread is what "
+         "one run of a recipe can tell apart."), "", seeds(runs), "",
+        "## Mean-KL vs Mean-Var (one run each)", "", comparison(runs), "",
         "## Learned allocation (KL per group after the global-beta pre-phase)", "", allocations(runs), "",
         "Published (weights only): " + "; ".join(f"{lab}: {k:.2f} KiB at {e}%" for lab, k, e in PUBLISHED), ""])
     print(text)
