@@ -29,6 +29,14 @@ PUBLISHED = [  # (label, size in KiB of the stored weights, test error %)
 ]
 
 
+DEFAULT_INIT = "lenet5-pretrained.safetensors"   # runs recorded before `--init` existed started from it
+
+
+def _init(r: dict) -> str:
+    """The starting network a run was compressed from."""
+    return r.get("init") or DEFAULT_INIT
+
+
 def steps_to_budget(run: dict) -> int | None:
     """First recorded step (before coding) at which at most half of the blocks are above their KL budget.
 
@@ -57,8 +65,8 @@ def _config(r: dict) -> str:
 def _extras(r: dict) -> str:
     """Training options beyond the basic recipe, as ", a, b" (empty when none)."""
     text = ""
-    if r.get("init", "lenet5-pretrained.safetensors") != "lenet5-pretrained.safetensors":
-        text += f", from {Path(r['init']).stem}"
+    if _init(r) != DEFAULT_INIT:
+        text += f", from {Path(_init(r)).stem}"
     if r.get("shift"):
         text += f", shift {r['shift']}px"
     if r.get("distill"):
@@ -119,15 +127,14 @@ def allocations(runs: list[dict]) -> str:
 
 
 _RECIPE = ("budget_bytes", "method", "index_bits", "steps", "retrain_steps", "blocks_per_round", "hashing",
-           "kl_margin", "biases", "greedy", "shift", "retrain_lr", "distill", "refine_sweeps", "allocation", "init")
+           "kl_margin", "biases", "greedy", "shift", "retrain_lr", "distill", "refine_sweeps", "allocation")
 
 
 def seed_groups(runs: list[dict]) -> list[list[dict]]:
-    """Runs of one recipe (same settings, `_RECIPE`) under two or more seeds, each list sorted by seed."""
+    """Runs of one recipe (same `_RECIPE` settings and starting network) under two or more seeds, each list sorted by seed."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        key = tuple(str(r.get(k)) for k in _RECIPE[:-1]) + (r.get("init") or "lenet5-pretrained.safetensors",)
-        groups.setdefault(key, []).append(r)
+        groups.setdefault((*(str(r.get(k)) for k in _RECIPE), _init(r)), []).append(r)
     return [sorted(rs, key=lambda r: r["seed"]) for rs in groups.values() if len({r["seed"] for r in rs}) > 1]
 
 
