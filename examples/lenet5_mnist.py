@@ -152,7 +152,7 @@ def main(argv=None) -> dict:
                          "--retrain-steps, --retrain-lr, --blocks-per-round or --choice")
     ap.add_argument("--results", default=None, help="JSON file to add this run's record to (for bench/)")
     ap.add_argument("--label", default=None)
-    ap.add_argument("--init", default=str(PRETRAINED),
+    ap.add_argument("--init", type=Path, default=PRETRAINED,
                     help="starting network (safetensors, LeNet5 state dict); default: the bundled one")
     ap.add_argument("--pretrain", action="store_true",
                     help="train a starting network, write it to --init and exit")
@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.pretrain:
-        pretrain(str(DATA), args.init, epochs=args.pretrain_epochs, threads=args.threads, shift=args.pretrain_shift)
+        pretrain(str(DATA), str(args.init), epochs=args.pretrain_epochs, threads=args.threads, shift=args.pretrain_shift)
         return {}
     if args.quick:
         for k, v in QUICK.items():
@@ -176,7 +176,7 @@ def main(argv=None) -> dict:
         hashing = ({k: float(v) for k, v in (kv.split("=") for kv in hashing.split(","))} if "=" in hashing
                    else float(hashing))
     train_loader, _ = mnist_loaders(DATA, batch_size=args.batch_size, seed=args.seed)
-    model = load_pretrained(Path(args.init))
+    model = load_pretrained(args.init)
     forked = bool(args.trained_checkpoint) and Path(args.trained_checkpoint).exists()
     t0 = time.perf_counter()
     result = compress(model, train_loader, budget_bytes=args.budget, method=args.method, index_bits=args.bits,
@@ -184,7 +184,7 @@ def main(argv=None) -> dict:
                       lr=args.lr, lr_scale=args.lr_scale, kl_margin=args.kl_margin, allocation=args.allocation,
                       alloc_steps=args.alloc_steps, refine_sweeps=args.refine_sweeps,
                       batch_transform=RandomShift(args.shift) if args.shift else None,
-                      teacher=load_pretrained(Path(args.init)) if args.distill > 0 else None, distill_weight=args.distill,
+                      teacher=model if args.distill > 0 else None, distill_weight=args.distill,
                       distill_temperature=args.temperature, retrain_lr_factor=args.retrain_lr,
                       hashing=hashing, biases=args.biases, greedy=args.choice == "greedy", seed=args.seed,
                       device=args.device, checkpoint=args.checkpoint,
@@ -208,7 +208,7 @@ def main(argv=None) -> dict:
               "evaluated_with": how, "wall_seconds": round(wall, 1), "train_seconds": round(result.train_seconds, 1),
               "code_seconds": round(result.code_seconds, 1), "blocks": result.summary()["blocks"],
               "kl_budget_nats": round(result.summary()["blocks"] * args.bits * math.log(2) - 0.0, 1),
-              "seed": args.seed, "device": args.device, "init": Path(args.init).name,
+              "seed": args.seed, "device": args.device, "init": args.init.name,
               "from_trained_checkpoint": forked,   # wall_seconds then leaves out the shared training
               "history": thin_history(result.history)}
     print(f"index payload: {result.payload_bytes} bytes ({result.payload_bytes / 1024:.2f} KiB)")
