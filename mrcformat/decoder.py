@@ -1,6 +1,10 @@
-"""Reference decoder in numpy (SPEC.md section 10): regenerate every tensor from a container.
+"""Decoder (SPEC.md section 10): regenerate every tensor from a container.
 
-Work runs in slot order, a bounded chunk of blocks at a time: Philox words, 16-bit samples,
+Two implementations of each step give the same bits: the compiled kernels of `mrcformat.kernels`
+(used when built; multi-threaded) and the numpy reference below, which is the fallback and reads
+side by side with the spec. `backend=` ("auto", "native", "numpy") chooses per call.
+
+The numpy reference works in slot order, a bounded chunk of blocks at a time: Philox words, 16-bit samples,
 mu + sigma * T[u], then a scatter to the values' positions (pi^-1). Without hashing the
 values land directly in the output, so a decode holds the output plus one chunk buffer;
 with hashing the group's coded values (<= its output size) are kept for the final gather.
@@ -11,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
+from . import kernels
 from .container import Container, Group
 from .layout import inverse_positions_range
 from .sampler import check_coding_parameters, normal_table, values_from_u16
@@ -22,13 +27,15 @@ DEFAULT_CHUNK = 1 << 16  # slots (or weights) per chunk: a few MiB of temporarie
 
 
 def decode_values(seed: int, gid: int, g: Group, out: np.ndarray | None = None,
-                  chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+                  chunk: int = DEFAULT_CHUNK, *, backend: str | None = "auto") -> np.ndarray:
     """The group's coded values v[0..num_values) as float32."""
     n, bsz = g.num_values, g.block_size
     mu, sigma = check_coding_parameters(g.mu_bits, g.sigma_bits)
     if out is None:
         out = np.empty(n, dtype=np.float32)
     normal_table()  # hash check before any work
+    if kernels.backend(backend) == "native":
+        return kernels.decode_values_into(seed, gid, g, _checked_out(out, n))
     per = max(1, chunk // bsz)
     vals = np.empty(per * bsz, dtype=np.float32)
     for b0 in range(0, g.num_blocks, per):
@@ -40,15 +47,25 @@ def decode_values(seed: int, gid: int, g: Group, out: np.ndarray | None = None,
     return out
 
 
-def decode_group(c: Container, gid: int, out: np.ndarray | None = None, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+def _checked_out(out: np.ndarray, size: int) -> np.ndarray:
+    """`out` as a writable C-contiguous float32 vector of `size` elements (what the kernels write into)."""
+    if out.dtype != np.float32 or out.size != size or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writable C-contiguous float32 array of {size} elements")
+    return out.reshape(-1)
+
+
+def decode_group(c: Container, gid: int, out: np.ndarray | None = None, chunk: int = DEFAULT_CHUNK, *,
+                 backend: str | None = "auto") -> np.ndarray:
     """The group's weight vector (its coded tensors' elements, concatenated in header order)."""
     g = c.groups[gid]
     nw = c.group_weights(gid)
     if out is None:
         out = np.empty(nw, dtype=np.float32)
     if not g.hashing:
-        return decode_values(c.seed, gid, g, out=out, chunk=chunk)
-    values = decode_values(c.seed, gid, g, chunk=chunk)
+        return decode_values(c.seed, gid, g, out=out, chunk=chunk, backend=backend)
+    values = decode_values(c.seed, gid, g, chunk=chunk, backend=backend)
+    if kernels.backend(backend) == "native":
+        return kernels.hash_gather_into(c.seed, gid, values, _checked_out(out, nw))
     for t0 in range(0, nw, chunk):
         t1 = min(t0 + chunk, nw)
         index, sign = hash_range(c.seed, gid, t0, t1, g.num_values)
@@ -56,7 +73,8 @@ def decode_group(c: Container, gid: int, out: np.ndarray | None = None, chunk: i
     return out
 
 
-def iter_decode(c: Container, chunk: int = DEFAULT_CHUNK) -> Iterator[tuple[str, np.ndarray]]:
+def iter_decode(c: Container, chunk: int = DEFAULT_CHUNK, *, backend: str | None = "auto"
+                ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (name, array) in header order, decoding each group once, when its first tensor comes."""
     done: dict[int, dict[str, np.ndarray]] = {}
     for t in c.tensors:
@@ -65,7 +83,7 @@ def iter_decode(c: Container, chunk: int = DEFAULT_CHUNK) -> Iterator[tuple[str,
             continue
         if t.group not in done:
             done = views = flat = None  # drop the previous group before decoding the next (peak: one group)
-            flat = decode_group(c, t.group, chunk=chunk)
+            flat = decode_group(c, t.group, chunk=chunk, backend=backend)
             views, pos = {}, 0
             for m in c.group_members(t.group):
                 views[m.name] = flat[pos:pos + m.numel].reshape(m.shape)
@@ -74,7 +92,7 @@ def iter_decode(c: Container, chunk: int = DEFAULT_CHUNK) -> Iterator[tuple[str,
         yield t.name, done[t.group][t.name]
 
 
-def decode(c: Container, chunk: int = DEFAULT_CHUNK) -> dict[str, np.ndarray]:
+def decode(c: Container, chunk: int = DEFAULT_CHUNK, *, backend: str | None = "auto") -> dict[str, np.ndarray]:
     """Every tensor of the file: coded ones as float32, raw ones in their stored dtype
-    (bfloat16 as its uint16 bit patterns)."""
-    return dict(iter_decode(c, chunk=chunk))
+    (bfloat16 as its uint16 bit patterns). `backend`: see `mrcformat.kernels.backend`."""
+    return dict(iter_decode(c, chunk=chunk, backend=backend))

@@ -45,12 +45,26 @@ def _le_bytes(arr: np.ndarray) -> bytes:
     return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
+def _decode_paths():
+    """Every decoder of the package: the numpy reference and each code path of the compiled kernels."""
+    from mrcformat import kernels
+
+    paths = [("numpy", None)]
+    if kernels.available():
+        paths += [("native", "generic")] + ([("native", "avx2")] if kernels.isa("auto") == "avx2" else [])
+    return paths
+
+
+@pytest.mark.parametrize("backend,isa", _decode_paths())
 @pytest.mark.parametrize("name", sorted(MANIFEST["valid"]))
-def test_valid_vector_decodes_to_manifest(name):
+def test_valid_vector_decodes_to_manifest(name, backend, isa):
+    from mrcformat import kernels
+
     data = (VECTORS / name).read_bytes()
     entry = MANIFEST["valid"][name]
     assert hashlib.sha256(data).hexdigest() == entry["sha256"]
-    decoded = mrcformat.decode(mrcformat.from_bytes(data))
+    with kernels.using_isa(isa):
+        decoded = mrcformat.decode(mrcformat.from_bytes(data), backend=backend)
     assert set(decoded) == set(entry["tensors"])
     for tname, t in entry["tensors"].items():
         assert list(decoded[tname].shape) == t["shape"]
