@@ -21,6 +21,7 @@ bounds the working set; the defaults are 2**17 slots on CPU (cache sized) and 2*
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import Iterator
 
@@ -36,7 +37,7 @@ from .torch_philox import philox4x32_words
 
 __all__ = [
     "DEFAULT_CHUNK_CPU", "DEFAULT_CHUNK_CUDA", "default_chunk", "normal_table",
-    "candidate_u16", "candidate_values", "candidates", "candidates_batch",
+    "candidate_u16", "candidate_values", "candidates", "candidates_batch", "score_blocks",
     "decode_values", "decode_group", "iter_decode", "decode", "raw_to_torch",
 ]
 
@@ -236,6 +237,55 @@ def candidates_batch(seed: int, group: int, blocks, block_size: int, mu: float, 
     kk = k[None, :].expand(nb, count).reshape(-1)
     res = candidate_values(seed, group, bb, kk, block_size, mu, sigma, device=dev, out=out, chunk=chunk)
     return res.view(nb, count, block_size)
+
+
+def score_blocks(seed: int, group: int, blocks, block_size: int, mu: float, sigma: float, mean: torch.Tensor,
+                 log_std: torch.Tensor, valid: torch.Tensor, sigma_p: float, start: int = 0, count: int = 1, *,
+                 chunk: int | None = None) -> torch.Tensor:
+    """Log-importance weights of candidates start..start+count-1 of every block in `blocks`, batched over
+    blocks on the device of `mean`: float64 [R, count], the torch twin of `mrcformat.kernels.score_blocks`
+
+        out[r, k - start] = sum_j valid[r, j] * (log N(x; mean[r, j], exp(log_std[r, j])^2) - log N(x; 0, sigma_p^2))
+
+    with x the candidate's float32 values (coding parameters mu, sigma). Same values as the kernels to
+    float64 rounding (the slots are summed pairwise, in a fixed order: a score does not depend on the batch). Each batch generates about `chunk` slots
+    (default `default_chunk(device)`) for all rows at once: a round's blocks cost one batch of launches.
+    """
+    dev = mean.device
+    b = _int64_vector(blocks, dev)
+    rows = b.numel()
+    m = mean.to(torch.float64).reshape(rows, block_size)
+    ls = log_std.to(torch.float64).reshape(rows, block_size)
+    v = valid.to(torch.bool).reshape(rows, block_size)
+    sp = float(sigma_p)
+    a = torch.where(v, torch.exp(-ls), torch.zeros_like(ls))
+    cp = v.to(torch.float64) / sp
+    const = ((math.log(sp) - ls) * v).sum(dim=1)
+    out = torch.empty(rows, count, dtype=torch.float64, device=dev)
+    if rows == 0 or count == 0:
+        return out
+    per = max(1, (chunk or default_chunk(dev)) // max(1, rows * block_size))   # candidates per batch
+    for k0 in range(start, start + count, per):
+        k1 = min(k0 + per, start + count)
+        k = torch.arange(k0, k1, dtype=torch.int64, device=dev)
+        x = candidate_values(seed, group, b[:, None].expand(rows, k1 - k0).reshape(-1),
+                             k[None, :].expand(rows, k1 - k0).reshape(-1), block_size, mu, sigma, device=dev,
+                             chunk=chunk).view(rows, k1 - k0, block_size).to(torch.float64)
+        zp = x * cp[:, None, :]
+        z = (x - m[:, None, :]) * a[:, None, :]
+        out[:, k0 - start:k1 - start] = const[:, None] + 0.5 * _pairwise_sum(zp * zp - z * z)
+    return out
+
+
+def _pairwise_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dimension in a fixed pairwise order (elementwise adds only), so that a
+    candidate's score has the same bits whatever the batch it was computed in; a library
+    reduction may pick its order by the tensor's shape."""
+    while t.shape[-1] > 1:
+        if t.shape[-1] % 2:
+            t = torch.cat([t, torch.zeros_like(t[..., :1])], dim=-1)
+        t = t[..., 0::2] + t[..., 1::2]
+    return t[..., 0]
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -32,6 +32,7 @@ from .allocate import learn_allocation
 from .blocks import GroupSpec, allocate_blocks, build_plan
 from .digest import state_digest
 from .distill import Distillation
+from .distributed import CodingGroup
 from .layers import variationalize
 from .posterior import GroupPosterior
 from .refine import refine
@@ -141,7 +142,8 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
              kl_margin: float = 0.0, init_std_ratio: float = 0.1, layout: str = "affine",
              example_input: torch.Tensor | None = None, metadata: dict[str, str] | None = None,
              loss_fn=None, batch_transform=None, teacher: nn.Module | None = None,
-             distill_temperature: float = 4.0, distill_weight: float = 0.9, **train_options) -> CompressResult:
+             distill_temperature: float = 4.0, distill_weight: float = 0.9, coding_group="auto",
+             **train_options) -> CompressResult | None:
     """Compress `model` (weights are the starting point) with MIRACLE into `budget_bytes` of indices.
 
     Args:
@@ -173,6 +175,11 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
             `distill.py`), typically the pretrained `model` itself; the data term becomes
             (1 - distill_weight) * loss_fn + distill_weight * T^2 * KL(teacher || student) at
             temperature `distill_temperature`. Refinement still uses `loss_fn` alone.
+        coding_group: processes that share the coding work (`distributed.CodingGroup`): "auto" = the
+            default torch.distributed group when one is initialised with more than one process, None =
+            none. Every process calls `compress` with the same arguments; rank 0 trains and returns the
+            result, the other ranks score candidates and return None. The file is the same for any
+            number of processes.
         **train_options: fields of `TrainConfig` (steps, retrain_steps, blocks_per_round, lr, seed,
             device, checkpoint, greedy, progress, ...). `trained_checkpoint=PATH` keeps the state at
             the end of training there; a later run that differs only in how it codes (retrain_steps,
@@ -191,6 +198,10 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
     specs = coded_layer_specs(model, biases, hashing)
     if not specs:
         raise ValueError("the model has no nn.Linear or nn.Conv2d layer to code")
+    shard = CodingGroup.current() if coding_group == "auto" else coding_group
+    worker = shard is not None and not shard.coordinator
+    if worker:  # scores candidates only: no allocation pre-phase, checkpoints or progress of its own
+        cfg = replace(cfg, checkpoint=None, trained_checkpoint=None, progress=False)
     volatile = {"checkpoint", "checkpoint_every", "trained_checkpoint", "progress", "interrupt_after", "device",
                 "generator"}
     settings = {"budget_bytes": budget_bytes, "index_bits": index_bits, "biases": biases, "hashing": hashing,
@@ -205,7 +216,7 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
     train_settings = {k: v for k, v in settings.items() if k not in _CODING_SETTINGS}
     coded_bias = biases != "raw"
     warm = None
-    if allocation == "kl":
+    if allocation == "kl" and not worker:
         warm = learn_allocation(model, train_loader, specs, budget_bytes, index_bits, seed, cfg, steps=alloc_steps,
                                 coded_bias=coded_bias, layout=layout, kl_margin=kl_margin,
                                 init_std_ratio=init_std_ratio, loss_fn=loss_fn, fingerprint=repr(train_settings),
@@ -213,8 +224,10 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
         block_sizes = allocate_blocks(specs, budget_bytes, index_bits, warm.shares(specs))
         if cfg.interrupt_after is not None:     # counted over both phases
             cfg = replace(cfg, interrupt_after=cfg.interrupt_after - alloc_steps)
-    else:
+    elif allocation != "kl":
         block_sizes = allocate_blocks(specs, budget_bytes, index_bits, allocation)
+    if shard is not None:  # the workers code the coordinator's plan
+        block_sizes = shard.broadcast_ints(None if worker else block_sizes, len(specs))
     plans = build_plan(specs, block_sizes, index_bits, seed, layout)
     params = dict(model.state_dict())
     posteriors = []
@@ -236,7 +249,10 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
             beta.beta.fill_(warm.beta)      # every block starts where the global beta ended
     trainer.fingerprint = repr({**settings, "block_sizes": block_sizes})
     trainer.train_fingerprint = repr({**train_settings, "block_sizes": block_sizes})
+    trainer.shard = shard
     trainer.run()
+    if worker:
+        return None
     refined = None
     if refine_sweeps > 0:
         refined = refine(trainer, sweeps=refine_sweeps, examples=refine_examples, progress=cfg.progress)

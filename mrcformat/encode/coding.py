@@ -1,4 +1,4 @@
-"""Coding one block: score all K = 2^index_bits candidates and pick the index MIRACLE stores.
+"""Coding blocks: score all K = 2^index_bits candidates of each block and pick the index MIRACLE stores.
 
 Candidate k of block b is the spec generator's vector (`mrcformat.coder.candidates`, or its
 bit-identical torch twin `mrcformat_runtime.torch_decode.candidates` on CUDA). Its
@@ -7,9 +7,13 @@ log-importance weight is
     log w_k = sum_j valid_j [log q_j(x_kj) - log p(x_kj)]
             = sum_j valid_j [-(x_kj - m_j)^2 / (2 s_j^2) - ln s_j + x_kj^2 / (2 sigma_p^2) + ln sigma_p]
 
-(padding slots excluded), computed in float64 in chunks of candidates. The index is chosen
-by `mrcformat.coder.choose_index`: the seeded MIRACLE rule (sample k with probability
-softmax(log w)) or greedily (largest weight).
+(padding slots excluded), in float64. The index is chosen by `mrcformat.coder.choose_index`: the
+seeded MIRACLE rule (sample k with probability softmax(log w)) or greedily (largest weight).
+
+`code_blocks` codes many blocks of a group in one call: on CPU the compiled scorer of
+`mrcformat.kernels` (numpy fallback) runs over all of them with its threads, on CUDA the batched
+torch scorer of `mrcformat_runtime.torch_decode`; with a `CodingGroup` the candidates are shared
+out over the processes of a torch.distributed group. `code_block` is one block of it.
 """
 from __future__ import annotations
 
@@ -21,7 +25,10 @@ import torch
 from mrcformat.coder import candidates as np_candidates
 from mrcformat.coder import choose_index
 
-__all__ = ["BlockChoice", "candidate_chunks", "candidate_source", "code_block", "score_candidates"]
+__all__ = ["BlockChoice", "GENERATORS", "candidate_chunks", "candidate_source", "candidate_scorer", "code_block",
+           "code_blocks", "score_candidates"]
+
+GENERATORS = ("auto", "native", "numpy", "torch")
 
 
 @dataclass
@@ -32,12 +39,18 @@ class BlockChoice:
     max_log_weight: float
 
 
+def _check_generator(generator: str) -> None:
+    if generator not in GENERATORS:
+        raise ValueError(f"generator must be one of {GENERATORS}, not {generator!r}")
+
+
 def candidate_source(device: torch.device | str | None, generator: str = "auto"):
     """A function (seed, group, block, block_size, mu, sigma, start, count) -> float32 tensor [count, B].
 
-    "numpy": the reference numpy generator (fastest on CPU); "torch": the runtime's torch generator
-    on `device`; "auto": torch on CUDA, numpy otherwise. All produce identical bits.
+    "torch": the runtime's torch generator on `device`; otherwise (and for "auto" on CPU) the
+    reference numpy generator. All produce identical bits.
     """
+    _check_generator(generator)
     device = torch.device(device or "cpu")
     use_torch = generator == "torch" or (generator == "auto" and device.type == "cuda")
     if use_torch:
@@ -74,16 +87,73 @@ def score_candidates(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
     return per_slot @ v + const
 
 
+def candidate_scorer(device: torch.device | str | None, generator: str = "auto"):
+    """A function (seed, gid, blocks, block_size, sigma_p, mean, log_std, valid, start, count) -> float64
+    numpy array [R, count]: the log-importance weights of candidates start..start+count-1 of each of
+    the R blocks (mean/log_std/valid: [R, block_size] tensors), candidates drawn from p = N(0, sigma_p^2).
+
+    "native"/"numpy": `mrcformat.kernels.score_blocks` with that backend; "torch": the batched torch
+    scorer on `device`; "auto": torch on CUDA, the kernels (native when built) otherwise.
+    """
+    _check_generator(generator)
+    device = torch.device(device or "cpu")
+    if generator == "torch" or (generator == "auto" and device.type == "cuda"):
+        from mrcformat_runtime.torch_decode import score_blocks as torch_score
+
+        def score(seed, gid, blocks, block_size, sigma_p, mean, log_std, valid, start, count):
+            out = torch_score(seed, gid, torch.as_tensor(np.asarray(blocks), device=device), block_size, 0.0,
+                              sigma_p, mean.to(device), log_std.to(device), valid.to(device), sigma_p, start, count)
+            return out.cpu().numpy()
+        return score
+
+    from mrcformat import kernels
+
+    backend = "auto" if generator == "auto" else generator
+
+    def score(seed, gid, blocks, block_size, sigma_p, mean, log_std, valid, start, count):
+        return kernels.score_blocks(seed, gid, blocks, block_size, 0.0, sigma_p, _np(mean), _np(log_std), _np(valid),
+                                    sigma_p, start, count, backend_choice=backend)
+    return score
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+@torch.no_grad()
+def code_blocks(seed: int, gid: int, blocks: list[int], block_size: int, index_bits: int, sigma_p: float,
+                mean: torch.Tensor, log_std: torch.Tensor, valid: torch.Tensor, *, greedy: bool = False,
+                scorer=None, gen=None, shard=None) -> list[BlockChoice]:
+    """Code blocks `blocks` of group `gid` at once: score every candidate of each under q (mean, log_std:
+    [R, block_size], row r for blocks[r]) and p = N(0, sigma_p^2), choose, and regenerate the choice.
+
+    `scorer`/`gen`: from `candidate_scorer`/`candidate_source` (default: by the device of `mean`).
+    `shard`: a `distributed.CodingGroup` whose processes share the candidates; every process calls
+    this with the same arguments (only the caller's rows matter on other ranks: see CodingGroup).
+    The choice depends only on the scores, which depend on no split: any number of processes and
+    threads makes the same choices.
+    """
+    device = mean.device
+    scorer = scorer or candidate_scorer(device)
+    gen = gen or candidate_source(device)
+    k = 1 << index_bits
+    if shard is not None and shard.world > 1:
+        lw = shard.scores(scorer, seed, gid, blocks, block_size, sigma_p, mean, log_std, valid, k)
+    else:
+        lw = scorer(seed, gid, blocks, block_size, sigma_p, mean, log_std, valid, 0, k)
+    choices = []
+    for r, b in enumerate(blocks):
+        idx = choose_index(lw[r], greedy=greedy, seed=seed, group=gid, block=int(b))
+        values = gen(seed, gid, int(b), block_size, 0.0, sigma_p, idx, 1)[0]
+        choices.append(BlockChoice(idx, values.float(), float(lw[r, idx]), float(lw[r].max())))
+    return choices
+
+
 @torch.no_grad()
 def code_block(seed: int, gid: int, block: int, block_size: int, index_bits: int, sigma_p: float,
                mean: torch.Tensor, log_std: torch.Tensor, valid: torch.Tensor, *, greedy: bool = False,
-               chunk: int = 1 << 21, gen=None) -> BlockChoice:
-    """Score every candidate of one block under q (mean, log_std per slot) and p = N(0, sigma_p^2)."""
-    gen = gen or candidate_source(mean.device)
-    scores = torch.empty(1 << index_bits, dtype=torch.float64, device=mean.device)
-    for k0, x in candidate_chunks(gen, seed, gid, block, block_size, index_bits, sigma_p, chunk):
-        scores[k0:k0 + len(x)] = score_candidates(x, mean, log_std, valid, sigma_p)
-    lw = scores.cpu().numpy()
-    k = choose_index(lw, greedy=greedy, seed=seed, group=gid, block=block)
-    values = gen(seed, gid, block, block_size, 0.0, sigma_p, k, 1)[0]
-    return BlockChoice(k, values.float(), float(lw[k]), float(lw.max()))
+               chunk: int = 1 << 21, gen=None, scorer=None) -> BlockChoice:
+    """Score every candidate of one block under q (mean, log_std per slot) and p = N(0, sigma_p^2).
+    (`chunk` is kept for callers of the per-block generator; the scorers bound their own memory.)"""
+    return code_blocks(seed, gid, [block], block_size, index_bits, sigma_p, mean[None], log_std[None], valid[None],
+                       greedy=greedy, scorer=scorer, gen=gen)[0]

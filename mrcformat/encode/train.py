@@ -26,7 +26,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .coding import candidate_source, code_block
+from .coding import candidate_scorer, candidate_source, code_blocks
+from .distributed import CodingGroup
 from .kl_control import BlockBeta
 from .posterior import GroupPosterior
 
@@ -51,7 +52,7 @@ class TrainConfig:
     greedy: bool = False            # coding: largest weight instead of the seeded MIRACLE sample
     seed: int = 0
     device: str = "cpu"
-    generator: str = "auto"         # candidate generator: "numpy", "torch" or "auto"
+    generator: str = "auto"         # candidate scorer: "native" (compiled kernels), "numpy", "torch" or "auto"
     checkpoint: str | None = None
     checkpoint_every: int = 500     # actions between checkpoints
     trained_checkpoint: str | None = None  # state at the end of training, shared by runs that differ only in coding
@@ -158,6 +159,8 @@ class MiracleTrainer:
         self.opt = torch.optim.Adam(self._param_groups())
         self.state = _State()
         self.gen = candidate_source(self.device, config.generator)
+        self.scorer = candidate_scorer(self.device, config.generator)
+        self.shard: CodingGroup | None = None   # set by compress() when coding is spread over processes
         self.fingerprint = ""  # set by compress(): the run's settings; a checkpoint of other settings is refused
         self.train_fingerprint = ""  # the settings that shape training alone (see `trained_checkpoint`)
 
@@ -257,27 +260,59 @@ class MiracleTrainer:
                 "coded_blocks": sum(int(p.coded.sum()) for p in self.posteriors)}
 
     # --- coding ---------------------------------------------------------------------------
+    def _round_blocks(self, round_no: int) -> list[tuple[int, list[int]]]:
+        """The blocks coded in round `round_no`, as (posterior index, blocks) in order of appearance."""
+        n = self.cfg.blocks_per_round
+        by_group: dict[int, list[int]] = {}
+        for _, i, b in self.order[round_no * n:(round_no + 1) * n]:
+            by_group.setdefault(i, []).append(b)
+        return list(by_group.items())
+
     @torch.no_grad()
     def code_round(self) -> None:
+        """Code the next round's blocks: all blocks of a group in one batched call (and, with a
+        `shard`, spread over its processes); the log keeps the round's block order."""
         st, cfg = self.state, self.cfg
         t0 = time.perf_counter()
-        todo = self.order[st.coded_rounds * cfg.blocks_per_round:(st.coded_rounds + 1) * cfg.blocks_per_round]
-        moments = {}
-        for _, i, b in todo:
+        if self.shard is not None:
+            self.shard.announce(st.coded_rounds)
+        chosen = {}
+        for i, blocks in self._round_blocks(st.coded_rounds):
             p = self.posteriors[i]
-            if i not in moments:
-                mean, log_std = p.slot_moments()
-                moments[i] = (mean.detach(), log_std.detach(), p.block_kl().detach().cpu())
-            mean, log_std, block_kl = moments[i]
+            mean, log_std = p.slot_moments()
+            rows = torch.tensor(blocks, device=mean.device)
+            m, ls, v = mean.detach()[rows], log_std.detach()[rows], p.valid[rows]
             sp = float(p.sigma_p())
-            kl_b = float(block_kl[b])
-            choice = code_block(self.seed, p.plan.gid, b, p.plan.block_size, p.plan.index_bits, sp,
-                                mean[b], log_std[b], p.valid[b], greedy=cfg.greedy, gen=self.gen)
+            if self.shard is not None:
+                self.shard.share_rows(len(blocks), p.plan.block_size, m, ls, v, sp)
+            kl = p.block_kl().detach().cpu()
+            for b, choice in zip(blocks, code_blocks(self.seed, p.plan.gid, blocks, p.plan.block_size,
+                                                      p.plan.index_bits, sp, m, ls, v, greedy=cfg.greedy,
+                                                      scorer=self.scorer, gen=self.gen, shard=self.shard)):
+                chosen[(i, b)] = (choice, float(kl[b]))
+        n = cfg.blocks_per_round
+        for _, i, b in self.order[st.coded_rounds * n:(st.coded_rounds + 1) * n]:
+            p = self.posteriors[i]
+            choice, kl_b = chosen[(i, b)]
             p.fix_block(b, choice.index, choice.values)
             st.coding.append({"group": p.plan.gid, "block": b, "index": choice.index, "kl": kl_b,
                               "log_weight": choice.log_weight, "max_log_weight": choice.max_log_weight})
         st.coded_rounds += 1
         st.code_time += time.perf_counter() - t0
+
+    @torch.no_grad()
+    def serve_coding(self) -> None:
+        """A worker rank's whole run: score its share of each round rank 0 announces, until it says stop."""
+        while True:
+            round_no = self.shard.announce(None)
+            if round_no is None:
+                return
+            for i, blocks in self._round_blocks(round_no):
+                p = self.posteriors[i]
+                m, ls, v, sp = self.shard.share_rows(len(blocks), p.plan.block_size)
+                dev = self.device
+                self.shard.scores(self.scorer, self.seed, p.plan.gid, blocks, p.plan.block_size, sp, m.to(dev),
+                                  ls.to(dev), v.to(dev), 1 << p.plan.index_bits)
 
     def freeze(self) -> None:
         for p in self.posteriors:
@@ -356,6 +391,16 @@ class MiracleTrainer:
         return st.step == self.cfg.steps and st.coded_rounds == 0 and not st.frozen
 
     def run(self) -> None:
+        if self.shard is not None and not self.shard.coordinator:
+            self.serve_coding()
+            return
+        try:
+            self._run()
+        finally:
+            if self.shard is not None:
+                self.shard.announce(None)   # the workers' loop ends with the run, finished or interrupted
+
+    def _run(self) -> None:
         saved = load_checkpoint(self.cfg.checkpoint) if self.cfg.checkpoint else None
         if saved is not None:
             self.load_state_dict(saved)
