@@ -28,6 +28,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from mrcformat import kernels
 from mrcformat.container import Container, Group, Tensor
 from mrcformat.sampler import check_coding_parameters
 from mrcformat.sampler import normal_table as _np_normal_table
@@ -301,14 +302,31 @@ def _inverse_positions(layout, p0: int, p1: int, n: int, device: torch.device) -
     return p.mul_(a_inv).add_(i0).remainder_(n)
 
 
+BACKENDS = ("auto", "native", "torch")
+
+
+def _use_native(backend: str | None, dev: torch.device) -> bool:
+    """On CPU the compiled kernels decode straight into the tensor's memory (the same bits); "torch"
+    forces the tensor-op decoder, which is what runs on CUDA."""
+    if backend not in (None, *BACKENDS):
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if dev.type != "cpu" or backend == "torch":
+        return False
+    return kernels.backend("native" if backend == "native" else "auto") == "native"
+
+
 def decode_values(seed: int, gid: int, g: Group, device=None, *, out: torch.Tensor | None = None,
-                  chunk: int | None = None) -> torch.Tensor:
+                  chunk: int | None = None, backend: str | None = "auto") -> torch.Tensor:
     """The group's coded values v[0..num_values) as a float32 tensor on `device`."""
     dev = _device(device)
     n, bsz = g.num_values, g.block_size
     mu, sigma = check_coding_parameters(g.mu_bits, g.sigma_bits)
     if out is None:
         out = torch.empty(n, dtype=torch.float32, device=dev)
+    if _use_native(backend, dev):
+        _np_normal_table()  # hash check before any work
+        kernels.decode_values_into(seed, gid, g, _np_view(out, n))
+        return out
     table = normal_table(dev)
     mu_t, sigma_t = _params(mu, sigma, dev)
     indices = torch.from_numpy(np.ascontiguousarray(g.indices, dtype=np.int64)).to(dev)  # once per group
@@ -350,8 +368,15 @@ def _hash_gather(seed: int, gid: int, values: torch.Tensor, t0: int, t1: int, ou
     out.mul_(sign)
 
 
+def _np_view(t: torch.Tensor, size: int) -> np.ndarray:
+    """The numpy view of a contiguous float32 CPU tensor of `size` elements (the kernels write into it)."""
+    if t.dtype != torch.float32 or t.numel() != size or not t.is_contiguous() or t.device.type != "cpu":
+        raise ValueError(f"out must be a contiguous float32 CPU tensor of {size} elements")
+    return t.detach().view(-1).numpy()
+
+
 def decode_group(c: Container, gid: int, device=None, *, out: torch.Tensor | None = None,
-                 chunk: int | None = None) -> torch.Tensor:
+                 chunk: int | None = None, backend: str | None = "auto") -> torch.Tensor:
     """The group's weight vector (its coded tensors' elements, concatenated in header order),
     float32 [group_weights] on `device`; the same bits as `mrcformat.decoder.decode_group`.
 
@@ -364,8 +389,11 @@ def decode_group(c: Container, gid: int, device=None, *, out: torch.Tensor | Non
     if out is None:
         out = torch.empty(nw, dtype=torch.float32, device=dev)
     if not g.hashing:
-        return decode_values(c.seed, gid, g, dev, out=out, chunk=chunk)
-    values = decode_values(c.seed, gid, g, dev, chunk=chunk)
+        return decode_values(c.seed, gid, g, dev, out=out, chunk=chunk, backend=backend)
+    values = decode_values(c.seed, gid, g, dev, chunk=chunk, backend=backend)
+    if _use_native(backend, dev):
+        kernels.hash_gather_into(c.seed, gid, values.numpy(), _np_view(out, nw))
+        return out
     step = max(1, (chunk or default_chunk(dev)) // 4)  # 2 weights per Philox call vs 8 slots: same working set
     for t0 in range(0, nw, step):
         t1 = min(t0 + step, nw)
@@ -393,7 +421,8 @@ def raw_to_torch(t: Tensor, device=None) -> torch.Tensor:
     return x.reshape(t.shape).to(dev)
 
 
-def iter_decode(c: Container, device=None, *, chunk: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_decode(c: Container, device=None, *, chunk: int | None = None,
+                backend: str | None = "auto") -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) in header order; each group is decoded once, when its first tensor
     comes, and coded tensors are views of the group's weight vector."""
     dev = _device(device)
@@ -404,7 +433,7 @@ def iter_decode(c: Container, device=None, *, chunk: int | None = None) -> Itera
             continue
         if t.group not in done:
             done = views = flat = None  # drop the previous group before decoding the next (peak: one group)
-            flat = decode_group(c, t.group, dev, chunk=chunk)
+            flat = decode_group(c, t.group, dev, chunk=chunk, backend=backend)
             views, pos = {}, 0
             for m in c.group_members(t.group):
                 views[m.name] = flat[pos:pos + m.numel].view(m.shape)
@@ -413,7 +442,9 @@ def iter_decode(c: Container, device=None, *, chunk: int | None = None) -> Itera
         yield t.name, done[t.group][t.name]
 
 
-def decode(c: Container, device=None, *, chunk: int | None = None) -> dict[str, torch.Tensor]:
+def decode(c: Container, device=None, *, chunk: int | None = None,
+           backend: str | None = "auto") -> dict[str, torch.Tensor]:
     """Every tensor of the file on `device`: coded ones float32, raw ones in their stored dtype
-    (bfloat16 as torch.bfloat16, bool as torch.bool)."""
-    return dict(iter_decode(c, device, chunk=chunk))
+    (bfloat16 as torch.bfloat16, bool as torch.bool). `backend`: "auto" (the compiled kernels on CPU
+    when built, tensor ops otherwise), "native" or "torch"."""
+    return dict(iter_decode(c, device, chunk=chunk, backend=backend))

@@ -131,9 +131,13 @@ def test_normal_table_is_cached_and_exact():
 
 # ----------------------------------------------------------------------------- decoding
 
-def assert_same_decode(c: Container, device: str, **kw):
-    want = mrcformat.decode(c)
-    got = td.decode(c, device, **kw)
+# CPU: the tensor-op decoder (what runs on CUDA) and the default (compiled kernels when built)
+DECODE_PATHS = [("cpu", "torch"), ("cpu", "auto"), pytest.param("cuda", "auto", marks=[pytest.mark.cuda, CUDA])]
+
+
+def assert_same_decode(c: Container, device: str, backend: str = "auto", **kw):
+    want = mrcformat.decode(c, backend="numpy")
+    got = td.decode(c, device, backend=backend, **kw)
     assert list(got) == list(want)
     for name, arr in want.items():
         t = got[name]
@@ -142,24 +146,24 @@ def assert_same_decode(c: Container, device: str, **kw):
         assert bits(t) == bits(arr), name
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,backend", DECODE_PATHS)
 @settings(deadline=None)
 @given(c=containers())
-def test_decode_random_containers_bit_exact(device, c):
-    assert_same_decode(c, device)
+def test_decode_random_containers_bit_exact(device, backend, c):
+    assert_same_decode(c, device, backend)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,backend", DECODE_PATHS)
 @settings(max_examples=15, deadline=None)
 @given(c=containers(max_groups=2), chunk=st.integers(1, 100))
-def test_decode_any_chunk_bit_exact(device, c, chunk):
-    assert_same_decode(c, device, chunk=chunk)
+def test_decode_any_chunk_bit_exact(device, backend, c, chunk):
+    assert_same_decode(c, device, backend, chunk=chunk)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,backend", DECODE_PATHS)
 @pytest.mark.parametrize("layout, hashing, chunk", [
     ("contiguous", False, None), ("affine", False, None), ("affine", True, None), ("affine", True, 4100)])
-def test_decode_multi_chunk_group(device, layout, hashing, chunk):
+def test_decode_multi_chunk_group(device, backend, layout, hashing, chunk):
     """A group larger than the default chunk: chunk boundaries inside blocks, padding, hashing
     (chunk 4100 makes hash batches of 1025 weights: batches starting at odd weights, lane 1)."""
     rng = np.random.default_rng(1)
@@ -169,7 +173,7 @@ def test_decode_multi_chunk_group(device, layout, hashing, chunk):
     g = make_group(nv, block_size=37, index_bits=20, rng=rng, layout=lay, hashing=hashing, mu=0.125, sigma=0.03)
     c = Container(seed=2**63 + 12345, groups=[g],
                   tensors=[Tensor("a", (nw - 7,), "coded", group=0), Tensor("b", (7,), "coded", group=0)])
-    assert_same_decode(c, device, chunk=chunk)
+    assert_same_decode(c, device, backend, chunk=chunk)
 
 
 def test_raw_dtypes_map_to_torch():
@@ -195,4 +199,5 @@ def test_spec_vectors_decode_bit_exact():
     if not vectors:
         pytest.skip("no spec vectors in this checkout")
     for path in vectors:
-        assert_same_decode(mrcformat.load(path), "cpu")
+        for backend in ("torch", "auto"):
+            assert_same_decode(mrcformat.load(path), "cpu", backend)
