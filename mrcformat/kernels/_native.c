@@ -383,8 +383,9 @@ AVX2 static void decode_range_avx2(const float *restrict table, const uint32_t *
  * Philox 16 at a time (two independent chains). */
 AVX2 static void flush_calls_avx2(const float *restrict table, float *restrict out, int32_t *cm, int32_t *ci,
                                   int32_t *cb, const int64_t *li, const int64_t *lcnt, int lanes, uint32_t k0,
-                                  uint32_t k1, uint32_t dw, int64_t n, int64_t a_inv, float mu, float sigma) {
+                                  uint32_t k1, uint32_t dw, int64_t n, __m256i offs, float mu, float sigma) {
     const __m256 muv = _mm256_set1_ps(mu), sgv = _mm256_set1_ps(sigma);
+    const __m256i vn = _mm256_set1_epi32((int32_t)n);
     for (int l = lanes; l < 16; l++) cm[l] = ci[l] = cb[l] = 0;
     __m256i x[2][4];
     for (int h = 0; h < 2; h++) {
@@ -400,13 +401,20 @@ AVX2 static void flush_calls_avx2(const float *restrict table, float *restrict o
         for (int s = 0; s < 8; s++) r[s] = value8(table, x[h][s >> 1], s & 1, muv, sgv);
         transpose8(r);
         for (int l = 8 * h; l < lanes && l < 8 * h + 8; l++) {
+            /* destinations li + s * a_inv (mod n), s = 0..7: offs holds s * a_inv mod n; the sum is
+             * below 2^32, so compare unsigned */
+            __m256i d = _mm256_add_epi32(_mm256_set1_epi32((int32_t)li[l]), offs);
+            __m256i ge = _mm256_cmpeq_epi32(_mm256_max_epu32(d, vn), d);
+            d = _mm256_sub_epi32(d, _mm256_and_si256(ge, vn));
+            int32_t dst[8];
             float row[8];
+            _mm256_storeu_si256((__m256i *)dst, d);
             _mm256_storeu_ps(row, r[l - 8 * h]);
-            int64_t ip = li[l];
-            for (int s = 0; s < lcnt[l]; s++) {
-                out[ip] = row[s];
-                ip += a_inv;
-                ip -= (ip >= n) ? n : 0;
+            if (lcnt[l] == 8) {
+                out[dst[0]] = row[0]; out[dst[1]] = row[1]; out[dst[2]] = row[2]; out[dst[3]] = row[3];
+                out[dst[4]] = row[4]; out[dst[5]] = row[5]; out[dst[6]] = row[6]; out[dst[7]] = row[7];
+            } else {
+                for (int s = 0; s < lcnt[l]; s++) out[dst[s]] = row[s];
             }
         }
     }
@@ -431,8 +439,10 @@ AVX2 static void decode_affine_calls_avx2(const float *restrict table, const uin
     }
     __m256i p = _mm256_loadu_si256((const __m256i *)pp), b = _mm256_loadu_si256((const __m256i *)bb);
     __m256i j = _mm256_loadu_si256((const __m256i *)jj);
-    int32_t cm[16], ci[16], cb[16];
+    int32_t cm[16], ci[16], cb[16], of[8];
     int64_t li[16], lcnt[16];
+    for (int s = 0; s < 8; s++) of[s] = (int32_t)((s * a_inv) % n);
+    const __m256i offs = _mm256_loadu_si256((const __m256i *)of);
     int lanes = 0;
     for (int64_t i = i0; i < i1; i += 8) {
         int mask = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(j, seven), zero)));
@@ -452,7 +462,7 @@ AVX2 static void decode_affine_calls_avx2(const float *restrict table, const uin
                 li[lanes] = i + l;
                 lcnt[lanes] = cnt;
                 if (++lanes == 16) {
-                    flush_calls_avx2(table, out, cm, ci, cb, li, lcnt, lanes, k0, k1, dw, n, a_inv, mu, sigma);
+                    flush_calls_avx2(table, out, cm, ci, cb, li, lcnt, lanes, k0, k1, dw, n, offs, mu, sigma);
                     lanes = 0;
                 }
             }
@@ -471,7 +481,7 @@ AVX2 static void decode_affine_calls_avx2(const float *restrict table, const uin
         j = _mm256_add_epi32(j, _mm256_and_si256(borrow, vB));
         b = _mm256_add_epi32(b, borrow);
     }
-    if (lanes) flush_calls_avx2(table, out, cm, ci, cb, li, lcnt, lanes, k0, k1, dw, n, a_inv, mu, sigma);
+    if (lanes) flush_calls_avx2(table, out, cm, ci, cb, li, lcnt, lanes, k0, k1, dw, n, offs, mu, sigma);
 }
 
 /* hash_range_generic's contract: 8 Philox calls (16 weights) per step. */
