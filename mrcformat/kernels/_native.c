@@ -381,6 +381,9 @@ AVX2 static void decode_range_avx2(const float *restrict table, const uint32_t *
 
 /* decode_affine_calls_generic's contract: the scan runs on 8 values per step, calls go through
  * Philox 16 at a time (two independent chains). */
+#ifndef AFFINE_BATCH
+#define AFFINE_BATCH 16   /* calls per flush: 8 or 16 (two Philox chains) */
+#endif
 AVX2 static void flush_calls_avx2(const float *restrict table, float *restrict out, int32_t *cm, int32_t *ci,
                                   int32_t *cb, const int64_t *li, const int64_t *lcnt, int lanes, uint32_t k0,
                                   uint32_t k1, uint32_t dw, int64_t n, __m256i offs, float mu, float sigma) {
@@ -395,7 +398,7 @@ AVX2 static void flush_calls_avx2(const float *restrict table, float *restrict o
         x[h][3] = _mm256_set1_epi32((int)dw);
     }
     philox8(&x[0][0], &x[0][1], &x[0][2], &x[0][3], k0, k1);
-    philox8(&x[1][0], &x[1][1], &x[1][2], &x[1][3], k0, k1);
+    if (lanes > 8) philox8(&x[1][0], &x[1][1], &x[1][2], &x[1][3], k0, k1);
     for (int h = 0; h < 2 && 8 * h < lanes; h++) {
         __m256 r[8];
         for (int s = 0; s < 8; s++) r[s] = value8(table, x[h][s >> 1], s & 1, muv, sgv);
@@ -461,7 +464,7 @@ AVX2 static void decode_affine_calls_avx2(const float *restrict table, const uin
                 cb[lanes] = bb[l];
                 li[lanes] = i + l;
                 lcnt[lanes] = cnt;
-                if (++lanes == 16) {
+                if (++lanes == AFFINE_BATCH) {
                     flush_calls_avx2(table, out, cm, ci, cb, li, lcnt, lanes, k0, k1, dw, n, offs, mu, sigma);
                     lanes = 0;
                 }
