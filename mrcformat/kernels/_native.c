@@ -379,22 +379,41 @@ AVX2 static void decode_range_avx2(const float *restrict table, const uint32_t *
     }
 }
 
-/* decode_affine_calls_generic's contract: the scan runs on 8 values per step, calls go through
- * Philox 16 at a time (two independent chains). */
-#ifndef AFFINE_BATCH
-#define AFFINE_BATCH 16   /* calls per flush: 8 or 16 (two Philox chains) */
-#endif
-AVX2 static void flush_calls_avx2(const float *restrict table, float *restrict out, int32_t *cm, int32_t *ci,
-                                  int32_t *cb, const int64_t *li, const int64_t *lcnt, int lanes, uint32_t k0,
-                                  uint32_t k1, uint32_t dw, int64_t n, __m256i offs, float mu, float sigma) {
+/* decode_affine_calls_generic's contract. The scan runs on 8 values per step; the lanes that start a
+ * call are left-packed into a queue with one permutation (no branch per call), and the queue goes
+ * through Philox 16 calls at a time (two independent chains). */
+static int32_t pack_lut[256][8];   /* pack_lut[mask]: the set lanes of mask first */
+
+static void init_pack_lut(void) {
+    for (int m = 0; m < 256; m++) {
+        int k = 0;
+        for (int l = 0; l < 8; l++)
+            if (m & (1 << l)) pack_lut[m][k++] = l;
+        while (k < 8) pack_lut[m][k++] = 0;
+    }
+}
+
+/* Calls q[0..lanes) of the queue (int32 block, slot, position, value index), lanes <= 16. */
+AVX2 static void flush_calls_avx2(const float *restrict table, const uint32_t *restrict idx, float *restrict out,
+                                  const int32_t *qb, const int32_t *qj, const int32_t *qp, const int32_t *qi,
+                                  int lanes, uint32_t k0, uint32_t k1, uint32_t dw, int64_t bsz, int64_t n,
+                                  __m256i offs, float mu, float sigma) {
     const __m256 muv = _mm256_set1_ps(mu), sgv = _mm256_set1_ps(sigma);
-    const __m256i vn = _mm256_set1_epi32((int32_t)n);
-    for (int l = lanes; l < 16; l++) cm[l] = ci[l] = cb[l] = 0;
+    const __m256i vn = _mm256_set1_epi32((int32_t)n), vB = _mm256_set1_epi32((int32_t)bsz);
+    const __m256i eight = _mm256_set1_epi32(8), lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256i x[2][4];
-    for (int h = 0; h < 2; h++) {
-        x[h][0] = _mm256_loadu_si256((const __m256i *)(cm + 8 * h));
-        x[h][1] = _mm256_loadu_si256((const __m256i *)(ci + 8 * h));
-        x[h][2] = _mm256_loadu_si256((const __m256i *)(cb + 8 * h));
+    int32_t cnt[16];
+    for (int h = 0; h < 2 && 8 * h < lanes; h++) {
+        /* lanes past the queue's end get block 0, slot 0 and count 0: generated, never written */
+        __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes - 8 * h), lane);
+        __m256i b = _mm256_and_si256(live, _mm256_loadu_si256((const __m256i *)(qb + 8 * h)));
+        __m256i j = _mm256_and_si256(live, _mm256_loadu_si256((const __m256i *)(qj + 8 * h)));
+        __m256i p = _mm256_loadu_si256((const __m256i *)(qp + 8 * h));
+        __m256i c = _mm256_min_epi32(eight, _mm256_min_epi32(_mm256_sub_epi32(vB, j), _mm256_sub_epi32(vn, p)));
+        _mm256_storeu_si256((__m256i *)(cnt + 8 * h), _mm256_and_si256(live, c));
+        x[h][0] = _mm256_srli_epi32(j, 3);
+        x[h][1] = _mm256_i32gather_epi32((const int *)idx, b, 4);
+        x[h][2] = b;
         x[h][3] = _mm256_set1_epi32((int)dw);
     }
     philox8(&x[0][0], &x[0][1], &x[0][2], &x[0][3], k0, k1);
@@ -404,20 +423,20 @@ AVX2 static void flush_calls_avx2(const float *restrict table, float *restrict o
         for (int s = 0; s < 8; s++) r[s] = value8(table, x[h][s >> 1], s & 1, muv, sgv);
         transpose8(r);
         for (int l = 8 * h; l < lanes && l < 8 * h + 8; l++) {
-            /* destinations li + s * a_inv (mod n), s = 0..7: offs holds s * a_inv mod n; the sum is
+            /* destinations i + s * a_inv (mod n), s = 0..7: offs holds s * a_inv mod n; the sum is
              * below 2^32, so compare unsigned */
-            __m256i d = _mm256_add_epi32(_mm256_set1_epi32((int32_t)li[l]), offs);
+            __m256i d = _mm256_add_epi32(_mm256_set1_epi32(qi[l]), offs);
             __m256i ge = _mm256_cmpeq_epi32(_mm256_max_epu32(d, vn), d);
             d = _mm256_sub_epi32(d, _mm256_and_si256(ge, vn));
             int32_t dst[8];
             float row[8];
             _mm256_storeu_si256((__m256i *)dst, d);
             _mm256_storeu_ps(row, r[l - 8 * h]);
-            if (lcnt[l] == 8) {
+            if (cnt[l] == 8) {
                 out[dst[0]] = row[0]; out[dst[1]] = row[1]; out[dst[2]] = row[2]; out[dst[3]] = row[3];
                 out[dst[4]] = row[4]; out[dst[5]] = row[5]; out[dst[6]] = row[6]; out[dst[7]] = row[7];
             } else {
-                for (int s = 0; s < lcnt[l]; s++) out[dst[s]] = row[s];
+                for (int s = 0; s < cnt[l]; s++) out[dst[s]] = row[s];
             }
         }
     }
@@ -433,41 +452,35 @@ AVX2 static void decode_affine_calls_avx2(const float *restrict table, const uin
     const __m256i vnb = _mm256_set1_epi32((int32_t)(n / bsz)), vnj = _mm256_set1_epi32((int32_t)(n % bsz));
     const __m256i vB = _mm256_set1_epi32((int32_t)bsz), vBm1 = _mm256_set1_epi32((int32_t)(bsz - 1));
     const __m256i one = _mm256_set1_epi32(1), seven = _mm256_set1_epi32(7), zero = _mm256_setzero_si256();
-    int32_t pp[8], bb[8], jj[8];
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    int32_t pp[8], bb[8], jj[8], of[8];
     for (int l = 0; l < 8; l++) {
         int64_t pl = (a * ((i0 + l) % n) + c) % n;     /* a, i < 2^31: exact in int64 */
         pp[l] = (int32_t)pl;
         bb[l] = (int32_t)(pl / bsz);
         jj[l] = (int32_t)(pl % bsz);
+        of[l] = (int32_t)((l * a_inv) % n);
     }
+    const __m256i offs = _mm256_loadu_si256((const __m256i *)of);
     __m256i p = _mm256_loadu_si256((const __m256i *)pp), b = _mm256_loadu_si256((const __m256i *)bb);
     __m256i j = _mm256_loadu_si256((const __m256i *)jj);
-    int32_t cm[16], ci[16], cb[16], of[8];
-    int64_t li[16], lcnt[16];
-    for (int s = 0; s < 8; s++) of[s] = (int32_t)((s * a_inv) % n);
-    const __m256i offs = _mm256_loadu_si256((const __m256i *)of);
+    int32_t qb[24], qj[24], qp[24], qi[24];   /* the queue: up to 16 + 8 calls */
     int lanes = 0;
     for (int64_t i = i0; i < i1; i += 8) {
         int mask = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(j, seven), zero)));
         if (i + 8 > i1) mask &= (1 << (i1 - i)) - 1;
-        if (mask) {
-            _mm256_storeu_si256((__m256i *)pp, p);
-            _mm256_storeu_si256((__m256i *)bb, b);
-            _mm256_storeu_si256((__m256i *)jj, j);
-            while (mask) {
-                int l = __builtin_ctz(mask);
-                mask &= mask - 1;
-                int64_t jl = jj[l], pl = pp[l], cnt = bsz - jl < 8 ? bsz - jl : 8;
-                if (n - pl < cnt) cnt = n - pl;
-                cm[lanes] = (int32_t)(jl >> 3);
-                ci[lanes] = (int32_t)idx[bb[l]];
-                cb[lanes] = bb[l];
-                li[lanes] = i + l;
-                lcnt[lanes] = cnt;
-                if (++lanes == AFFINE_BATCH) {
-                    flush_calls_avx2(table, out, cm, ci, cb, li, lcnt, lanes, k0, k1, dw, n, offs, mu, sigma);
-                    lanes = 0;
-                }
+        __m256i perm = _mm256_loadu_si256((const __m256i *)pack_lut[mask]);
+        _mm256_storeu_si256((__m256i *)(qb + lanes), _mm256_permutevar8x32_epi32(b, perm));
+        _mm256_storeu_si256((__m256i *)(qj + lanes), _mm256_permutevar8x32_epi32(j, perm));
+        _mm256_storeu_si256((__m256i *)(qp + lanes), _mm256_permutevar8x32_epi32(p, perm));
+        _mm256_storeu_si256((__m256i *)(qi + lanes),
+                            _mm256_permutevar8x32_epi32(_mm256_add_epi32(_mm256_set1_epi32((int32_t)i), lane), perm));
+        lanes += __builtin_popcount((unsigned)mask);
+        if (lanes >= 16) {
+            flush_calls_avx2(table, idx, out, qb, qj, qp, qi, 16, k0, k1, dw, bsz, n, offs, mu, sigma);
+            lanes -= 16;
+            for (int l = 0; l < lanes; l++) {
+                qb[l] = qb[16 + l]; qj[l] = qj[16 + l]; qp[l] = qp[16 + l]; qi[l] = qi[16 + l];
             }
         }
         /* advance p by step (mod n) and (b, j) with it */
@@ -484,7 +497,7 @@ AVX2 static void decode_affine_calls_avx2(const float *restrict table, const uin
         j = _mm256_add_epi32(j, _mm256_and_si256(borrow, vB));
         b = _mm256_add_epi32(b, borrow);
     }
-    if (lanes) flush_calls_avx2(table, out, cm, ci, cb, li, lcnt, lanes, k0, k1, dw, n, offs, mu, sigma);
+    if (lanes) flush_calls_avx2(table, idx, out, qb, qj, qp, qi, lanes, k0, k1, dw, bsz, n, offs, mu, sigma);
 }
 
 /* hash_range_generic's contract: 8 Philox calls (16 weights) per step. */
@@ -576,6 +589,7 @@ static int isa = ISA_GENERIC;
 
 static void detect_isa(void) {
 #ifdef MRC_X86
+    init_pack_lut();
     __builtin_cpu_init();
     isa = __builtin_cpu_supports("avx2") ? ISA_AVX2 : ISA_GENERIC;
 #endif
