@@ -6,6 +6,23 @@ added through the session options, which avoids protobuf's 2 GiB limit). Self-de
 regenerates the weights itself from the stored indices (`selfdecode.regenerated_weights_model`), in one
 run of a session with graph optimisations off, and the inference session gets them as initializers.
 
+Memory (measured with bench/peak_memory.py; onnxruntime 1.32, CPU):
+
+* Every tensor of at least `external_min_bytes` goes in as an external initializer: an OrtValue that
+  wraps the decoded numpy array (`OrtValue.ortvalue_from_numpy` shares a CPU array's memory; no copy),
+  so no protobuf copy and no serialized copy of it exist. A group is decoded once into one flat buffer
+  and its tensors are views of it.
+* onnxruntime copies external initializers into its own graph while it loads the model (documented for
+  `AddExternalInitializers`, and checked: a session does not see later writes to our arrays). So our
+  decoded arrays are dropped as soon as the session exists, unless the caller passed `sess_options`: the
+  options then still point at them, and they are kept alive as long as that options object lives. A
+  session built with our own options cannot be re-created in place (`set_providers`, run-time provider
+  fallback) since that would read the released arrays; make a new one with `session(...)` instead.
+* onnxruntime's graph optimisations (default level: all) make transient copies of the weights (fusions,
+  layout changes, pre-packing) and free them at the end of session creation, but glibc keeps most of
+  that memory mapped: VGG-16 (56 MiB of weights) kept ~200 MiB resident after creation, ~60 MiB of it
+  live. `trim=True` (default) hands the free heap pages back (`malloc_trim`, glibc only).
+
 Why not simply open the self-decoding model (`selfdecode.self_decoding_model`) with default options:
 onnxruntime then constant-folds the decode at session creation and keeps every folded intermediate until
 the pass ends; at VGG-16 scale (15M weights) that took 22 s and 6.8 GB in bench/peak_memory.py, against
@@ -14,7 +31,10 @@ folds the same way; the README shows the two-step pattern for large models.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
+import weakref
 
 import numpy as np
 
@@ -22,14 +42,17 @@ from mrcformat.container import Container
 
 from .onnx_export import decoded_arrays, graph_model, load_container, raw_initializer, referenced_names, serialize
 
-__all__ = ["DEFAULT_EXTERNAL_MIN_BYTES", "DEFAULT_PROVIDERS", "ort_decoded_arrays", "session"]
+__all__ = ["DEFAULT_EXTERNAL_MIN_BYTES", "DEFAULT_PROVIDERS", "ort_decoded_arrays", "session", "trim_heap"]
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
-# Tensors of at least this many bytes go in as external initializers (OrtValues shared with onnxruntime)
-# rather than serialized into the model: no protobuf copy, no 2 GiB limit. bench/runtime_load.py measured
-# 370 ms instead of 464 ms and less peak memory for a VGG-16 session.
-DEFAULT_EXTERNAL_MIN_BYTES = 1 << 20
+# Tensors of at least this many bytes go in as external initializers (OrtValues wrapping the decoded
+# arrays) rather than serialized into the model: no protobuf copy, no 2 GiB limit. Smaller ones stay
+# inline, where onnxruntime's shape inference can read them (a Reshape's shape, a Clip's bounds).
+DEFAULT_EXTERNAL_MIN_BYTES = 1 << 12
 _EXTERNAL_DTYPES = {"float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64"}
+
+# Caller-supplied SessionOptions -> the arrays its external initializers point at (see `session`).
+_OPTION_BUFFERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _external_placeholder(name: str, dtype: str, arr: np.ndarray):
@@ -44,6 +67,58 @@ def _external_placeholder(name: str, dtype: str, arr: np.ndarray):
     entry = t.external_data.add()
     entry.key, entry.value = "location", "mrcformat-runtime-in-memory"
     return t
+
+
+def _external_value(arr: np.ndarray):
+    """An OrtValue over `arr`'s own memory (C-contiguous, native byte order: no copy for decoded arrays)."""
+    import onnxruntime as ort
+
+    if not arr.flags.c_contiguous or not arr.dtype.isnative:
+        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+    return ort.OrtValue.ortvalue_from_numpy(arr)
+
+
+def trim_heap() -> bool:
+    """Hand the C heap's free pages back to the operating system (glibc `malloc_trim(0)`); best effort.
+
+    Returns False where there is no such call (not glibc). Only free memory is affected."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    fn(0)
+    return True
+
+
+_SESSION_CLASS = None
+
+
+def _session_class():
+    """onnxruntime.InferenceSession that refuses to be re-created in place once its external
+    initializers' arrays were released (re-creation would hand onnxruntime freed memory)."""
+    global _SESSION_CLASS
+    if _SESSION_CLASS is None:
+        import onnxruntime as ort
+
+        class MrcInferenceSession(ort.InferenceSession):
+            __doc__ = ort.InferenceSession.__doc__
+            _mrc_released = False
+
+            def set_providers(self, providers=None, provider_options=None) -> None:
+                if self._mrc_released:
+                    raise RuntimeError(
+                        "this session's weights were handed to onnxruntime and released after creation, so it "
+                        "cannot be re-created in place; build a new one with mrcformat_runtime.ort.session("
+                        "src, providers=...) (or pass sess_options to session() to keep them)")
+                super().set_providers(providers, provider_options)
+
+        MrcInferenceSession.__qualname__ = MrcInferenceSession.__name__
+        _SESSION_CLASS = MrcInferenceSession
+    return _SESSION_CLASS
 
 
 def ort_decoded_arrays(c: Container, wanted: set[str], providers=None):
@@ -66,14 +141,22 @@ def ort_decoded_arrays(c: Container, wanted: set[str], providers=None):
 
 
 def session(src: str | os.PathLike | Container, *, self_decoding: bool = False, providers=None, sess_options=None,
-            external_min_bytes: int | None = DEFAULT_EXTERNAL_MIN_BYTES):
+            external_min_bytes: int | None = DEFAULT_EXTERNAL_MIN_BYTES, trim: bool = True):
     """An onnxruntime.InferenceSession running the file's model.
 
     src: a path or a Container (the file must have a graph; GraphError otherwise). providers default to
-    CPU. Plain mode (default): weights decoded by numpy. `external_min_bytes`: tensors of at least this
-    many bytes go in through `sess_options.add_external_initializers` instead of the serialized model
-    (None: none; such tensors are added to `sess_options`, a new SessionOptions if none was given). self_decoding=True: the weights are computed by onnxruntime from
-    the indices (`ort_decoded_arrays`) instead of numpy; the session is then built the same way.
+    CPU. Plain mode (default): weights decoded by numpy. self_decoding=True: the weights are computed by
+    onnxruntime from the indices (`ort_decoded_arrays`) instead of numpy; the session is then built the
+    same way.
+
+    `external_min_bytes`: tensors of at least this many bytes (and of a dtype numpy and onnxruntime share)
+    go in as external initializers wrapping the decoded arrays, the others serialized into the model
+    (None: all serialized). Without `sess_options` the session gets its own options and the decoded
+    arrays are released once it is built (onnxruntime holds its own copy); the returned session then
+    cannot be re-created in place (`set_providers` raises; run-time provider fallback is off). With
+    `sess_options`, the external initializers are added to it and their arrays live as long as it does
+    (a session made from those options, now or later, may read them). `trim`: after creation, give the
+    heap's free pages back to the OS (`trim_heap`): what onnxruntime's optimisations freed.
     """
     import onnxruntime as ort
 
@@ -87,13 +170,27 @@ def session(src: str | os.PathLike | Container, *, self_decoding: bool = False, 
         if external_min_bytes is not None and arr.nbytes >= external_min_bytes and t.dtype in _EXTERNAL_DTYPES:
             model.graph.initializer.append(_external_placeholder(t.name, t.dtype, arr))
             names.append(t.name)
-            values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr)))
+            values.append(_external_value(arr))
         else:
             model.graph.initializer.append(raw_initializer(t.name, t.dtype, arr))
+    arr = arrays = None
+    own_options = sess_options is None
+    if own_options:
+        sess_options = ort.SessionOptions()
     if names:
-        if sess_options is None:
-            sess_options = ort.SessionOptions()
         sess_options.add_external_initializers(names, values)
-    sess = ort.InferenceSession(serialize(model), sess_options, providers=providers)
-    sess._mrc_external_values = values  # the OrtValues must outlive session creation
+    data = serialize(model)
+    model = None
+    sess = _session_class()(data, sess_options, providers=providers)
+    data = None
+    if own_options:
+        # onnxruntime copied the external initializers while loading the model; only a re-creation
+        # from `sess_options` (which still points at our arrays) would read them again: forbid it
+        sess._mrc_released = True
+        sess.disable_fallback()
+    elif values:
+        _OPTION_BUFFERS.setdefault(sess_options, []).extend(values)
+    values = None
+    if trim:
+        trim_heap()
     return sess
