@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-__all__ = ["export", "load_module", "load_state_dict", "regenerated_weights_model", "self_decoding_model", "session",
-           "to_onnx_model"]
+__all__ = ["export", "load_into", "load_module", "load_state_dict", "regenerated_weights_model", "self_decoding_model",
+           "session", "to_onnx_model"]
 
 # public name -> (submodule, attribute)
 _LAZY = {
@@ -23,6 +23,7 @@ _LAZY = {
     # torch side (imports torch when first used)
     "load_state_dict": ("torch_load", "load_state_dict"),
     "load_module": ("torch_load", "load_module"),
+    "load_into": ("torch_load", "load_into"),
 }
 
 
