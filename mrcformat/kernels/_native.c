@@ -612,6 +612,16 @@ static uint32_t f32_from_bits(unsigned long bits, float *f) {
     return u;
 }
 
+/* The table, a group's indices (nb u32) and its values (n f32) are large enough. */
+static int group_buffers(Py_buffer *tb, Py_buffer *ib, Py_buffer *ob, int64_t nb, int64_t n) {
+    return need(tb, TABLE_SIZE * 4, "table") && need(ib, nb * 4, "indices") && need(ob, n * 4, "out");
+}
+
+static void coding_params(unsigned long mu_bits, unsigned long sigma_bits, float *mu, float *sigma) {
+    f32_from_bits(mu_bits, mu);
+    f32_from_bits(sigma_bits, sigma);
+}
+
 /* decode_blocks(table, indices_u32, out_f32, seed, gid, block_size, n, mu_bits, sigma_f32_bits, b0, b1, a_inv, c) */
 static PyObject *py_decode_blocks(PyObject *self, PyObject *args) {
     Py_buffer tb, ib, ob;
@@ -628,11 +638,10 @@ static PyObject *py_decode_blocks(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "decode_blocks: arguments out of range");
         goto done;
     }
-    if (!need(&tb, TABLE_SIZE * 4, "table") || !need(&ib, nb * 4, "indices") || !need(&ob, n * 4, "out"))
+    if (!group_buffers(&tb, &ib, &ob, nb, n))
         goto done;
     float mu, sigma;
-    f32_from_bits(mu_bits, &mu);
-    f32_from_bits(sigma_bits, &sigma);
+    coding_params(mu_bits, sigma_bits, &mu, &sigma);
     Py_BEGIN_ALLOW_THREADS
 #ifdef MRC_X86
     if (isa == ISA_AVX2)
@@ -706,8 +715,7 @@ static PyObject *py_score_blocks(PyObject *self, PyObject *args) {
         !need(&kb_, rows * 8, "const"))
         goto done;
     float mu, sigma;
-    f32_from_bits(mu_bits, &mu);
-    f32_from_bits(sigma_bits, &sigma);
+    coding_params(mu_bits, sigma_bits, &mu, &sigma);
     Py_BEGIN_ALLOW_THREADS
 #ifdef MRC_X86
     if (isa == ISA_AVX2)
@@ -754,11 +762,10 @@ static PyObject *py_decode_affine(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "decode_affine: arguments out of range");
         goto done;
     }
-    if (!need(&tb, TABLE_SIZE * 4, "table") || !need(&ib, nb * 4, "indices") || !need(&ob, n * 4, "out"))
+    if (!group_buffers(&tb, &ib, &ob, nb, n))
         goto done;
     float mu, sigma;
-    f32_from_bits(mu_bits, &mu);
-    f32_from_bits(sigma_bits, &sigma);
+    coding_params(mu_bits, sigma_bits, &mu, &sigma);
     Py_BEGIN_ALLOW_THREADS
 #ifdef MRC_X86
     if (isa == ISA_AVX2)
