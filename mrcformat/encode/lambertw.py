@@ -27,24 +27,79 @@ _SMALL_R = 1e-6
 _HALLEY_STEPS = 3
 
 
+_CHUNK = 1 << 16   # elements per pass: the float64 temporaries of a chunk stay in the CPU's caches
+
+
+def _where_small(r: torch.Tensor, small: torch.Tensor, fill, out: torch.Tensor) -> torch.Tensor:
+    """`out` with out[small] = fill(r[small]): torch.where(small, fill(r), out), elementwise the same.
+
+    On a CPU only the few small entries (padding slots, values without KL) are computed; on other
+    devices (no host sync) all of them."""
+    if out.device.type == "cpu":
+        if bool(small.any()):
+            out[small] = fill(r[small])
+        return out
+    return torch.where(small, fill(r), out, out=out)
+
+
+def _series(r: torch.Tensor) -> torch.Tensor:
+    return -r - r * r / 6.0 - r ** 3 / 36.0
+
+
+def _chunked(fn, *tensors: torch.Tensor) -> torch.Tensor:
+    """fn applied elementwise to flat chunks of equally shaped `tensors` (float64 result, their shape).
+
+    On a CPU one full-size pass per operation is bound by memory traffic (and fresh float64
+    temporaries); chunks keep the temporaries in cache. Elementwise, so the result is the same."""
+    first = tensors[0]
+    if first.device.type != "cpu" or first.numel() <= _CHUNK:
+        return fn(*tensors)
+    flat = [t.reshape(-1) for t in tensors]
+    out = torch.empty(first.numel(), dtype=torch.float64)
+    for i in range(0, first.numel(), _CHUNK):
+        out[i:i + _CHUNK] = fn(*(t[i:i + _CHUNK] for t in flat))
+    return out.view(first.shape)
+
+
 def _solve_t(r: torch.Tensor) -> torch.Tensor:
     """t = ln s <= 0 with e^t - t = 1 + r^2 / 2, elementwise, float64.
 
     Start: the branch-point series t = -r / (1 - r / 6) for r < 2, the asymptote
     t = -c + exp(-c) beyond; then Halley steps on g(t) = expm1(t) - t - r^2 / 2 (cubic
     convergence: three steps reach float64 precision from either start).
+
+    Each operation is the formula's own (the same roundings), done in place in a few float64
+    buffers, chunk by chunk on a CPU (`_chunked`).
     """
-    r = r.double().clamp_min(0.0)
-    half_r2 = 0.5 * r * r
-    c = 1.0 + half_r2
-    t = torch.where(r < 2.0, -r / (1.0 - r / 6.0).clamp_min(1e-3), torch.exp(-c) - c)
+    return _chunked(_solve_t_flat, r)
+
+
+def _solve_t_flat(r: torch.Tensor) -> torch.Tensor:
+    r = r.to(torch.float64, copy=True).clamp_min_(0.0)
+    half_r2 = torch.mul(r, 0.5).mul_(r)                      # 0.5 * r * r
+    c = torch.add(half_r2, 1.0)                              # 1 + r^2 / 2
+    t = torch.neg(c).exp_().sub_(c)                          # exp(-c) - c
+    a = torch.div(r, 6.0).neg_().add_(1.0).clamp_min_(1e-3)  # (1 - r / 6).clamp_min(1e-3)
+    torch.div(r, a, out=a).neg_()                            # -r / (...)
+    torch.where(torch.lt(r, 2.0), a, t, out=t)
+    g1, g, den, tmp = a, c, torch.empty_like(t), torch.empty_like(t)
     for _ in range(_HALLEY_STEPS):
-        g1 = torch.expm1(t)
-        g = g1 - t - half_r2
-        den = 2.0 * g1 * g1 - g * (g1 + 1.0)
-        t = torch.clamp_max(t - 2.0 * g * g1 / den, 0.0)
+        torch.expm1(t, out=g1)
+        torch.sub(g1, t, out=g).sub_(half_r2)               # g = expm1(t) - t - r^2 / 2
+        torch.mul(g1, 2.0, out=den).mul_(g1)                 # den = 2 g1 g1 - g (g1 + 1)
+        den.sub_(torch.add(g1, 1.0, out=tmp).mul_(g))
+        t.sub_(torch.mul(g, 2.0, out=tmp).mul_(g1).div_(den)).clamp_max_(0.0)  # t -= 2 g g1 / den
     # near r = 0 the steps divide 0 by 0: the series is exact to O(r^4) there
-    return torch.where(r < _SMALL_R, -r - r * r / 6.0 - r ** 3 / 36.0, t)
+    return _where_small(r, r < _SMALL_R, _series, t)
+
+
+def _dt_dr_flat(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """dt/dr = r / expm1(t), -1 - r / 3 where r is small (float64)."""
+    r64 = r.double()
+    small = r64 < _SMALL_R
+    dt = torch.expm1(t).masked_fill_(small, -1.0)
+    torch.div(r64, dt, out=dt)
+    return _where_small(r64, small, lambda q: -1.0 - q / 3.0, dt)
 
 
 class _LogSFromR(torch.autograd.Function):
@@ -57,11 +112,7 @@ class _LogSFromR(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         r, t = ctx.saved_tensors
-        r64 = r.double()
-        em1 = torch.expm1(t)
-        safe = torch.where(r64 < _SMALL_R, torch.full_like(em1, -1.0), em1)
-        dt = torch.where(r64 < _SMALL_R, -1.0 - r64 / 3.0, r64 / safe)
-        return grad * dt.to(grad.dtype)
+        return _chunked(_dt_dr_flat, r, t).to(grad.dtype).mul_(grad)
 
 
 def log_s_from_r(r: torch.Tensor) -> torch.Tensor:

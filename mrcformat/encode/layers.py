@@ -11,14 +11,136 @@ of a model.
 from __future__ import annotations
 
 import copy
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["VariationalConv2d", "VariationalLayer", "VariationalLinear", "variationalize"]
 
 _VAR_FLOOR = 1e-16
+
+
+class _Square(torch.autograd.Function):
+    """x * x whose backward returns the two identical product-rule terms already summed, 2 (g x):
+    the value the autograd engine forms for `x * x` (g x + g x, exactly 2 (g x)) with one
+    temporary instead of two or three."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        t = grad * x
+        return t.add_(t)
+
+
+class _Sample(torch.autograd.Function):
+    """out + sqrt(max(var, 0) + floor) * noise with its gradients, computed in reusable buffers.
+
+    Bit for bit what autograd computes for the expression written out (clamp_min, add, sqrt, mul,
+    add; backward (g * noise) / (2 std), zero where var < 0 or is NaN), but with no fresh
+    output-sized tensor: the result overwrites `out` (the layer's own product, which no backward
+    needs; unless it is a view) and noise, std and gradient live in buffers reused from step to step, where autograd
+    makes six in the forward pass (the noise included) and four in the backward. On a CPU every
+    fresh large tensor costs page faults, a large part of the step's overhead.
+    var is a sum of non-negative terms, so the zeroing is skipped when min(var) >= 0 (checked on a
+    CPU, where that costs no device sync), and so is the clamp.
+    """
+
+    @staticmethod
+    def forward(ctx, out, var, noise, bufs, ws):
+        std, keep = bufs.get("std", var), None
+        if var.device.type == "cpu" and var.numel() and bool(var.min() >= 0):
+            torch.add(var, _VAR_FLOOR, out=std)          # clamp_min(0) changes nothing (-0 + floor = floor)
+        else:
+            keep = torch.ge(var, 0, out=bufs.get("keep", var, torch.bool))
+            torch.clamp_min(var, 0, out=std).add_(_VAR_FLOOR)
+        std.sqrt_()
+        if out._base is None:
+            # the result in place of `out` (the layer's own fresh product; no backward needs it)
+            y = out.add_(torch.mul(std, noise, out=bufs.get("grad", out)))
+            ctx.mark_dirty(out)
+        else:                                           # a view (Linear on 3-d input): a new tensor
+            y = torch.mul(std, noise).add_(out)
+        std.mul_(2.0)                                   # what the backward divides by (exact)
+        ctx.save_for_backward(noise, std, keep)
+        ctx.bufs, ctx.ws = bufs, ws
+        ws.claim(bufs, ctx)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        noise, two_std, keep = ctx.saved_tensors
+        g = None
+        if ctx.needs_input_grad[1]:
+            g = torch.mul(grad, noise, out=ctx.bufs.get("grad", grad)).div_(two_std)
+            if keep is not None:
+                g = torch.where(keep, g, 0.0)
+        ctx.ws.release(ctx)
+        return grad, g, None, None, None
+
+
+class _Buffers:
+    """Output-sized tensors by name, re-made when the shape, dtype or device changes."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def get(self, key: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = dtype or like.dtype
+        b = self.tensors.get(key)
+        if b is None or b.shape != like.shape or b.dtype != dtype or b.device != like.device:
+            b = self.tensors[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
+        return b
+
+
+class _Workspace:
+    """A layer's buffers for the sampled forward, reused from one training step to the next.
+
+    While a graph that has not been backpropagated still needs them (the layer called twice in one
+    forward, or a loss built and not yet used), a call gets a fresh set instead; a graph that is
+    dropped unused frees them (weak reference). Backpropagating an old graph (retain_graph) after
+    a later step overwrote its buffers fails on the version counters rather than giving wrong
+    gradients.
+    """
+
+    def __init__(self) -> None:
+        self.main = _Buffers()
+        self._owner = None
+
+    def take(self) -> _Buffers:
+        if self._owner is not None and self._owner() is not None:
+            return _Buffers()
+        return self.main
+
+    def claim(self, bufs: _Buffers, ctx) -> None:
+        if bufs is self.main:
+            self._owner = weakref.ref(ctx)
+
+    def release(self, ctx) -> None:
+        if self._owner is not None and self._owner() is ctx:
+            self._owner = None
+
+    def clear(self) -> None:
+        self.main, self._owner = _Buffers(), None
+
+    # a copied or pickled layer starts with empty buffers of its own
+    def __deepcopy__(self, memo) -> "_Workspace":
+        return _Workspace()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
 
 
 class VariationalLayer(nn.Module):
@@ -31,9 +153,19 @@ class VariationalLayer(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None and not coded_bias else None
         self._moments: tuple | None = None
         self.generator: torch.Generator | None = None
+        self._ws = _Workspace()     # not state: buffers of the sampled forward (see `_Sample`)
 
     def set_moments(self, w_mean, w_var, b_mean=None, b_var=None) -> None:
         self._moments = (w_mean, w_var, b_mean, b_var)
+
+    def release_buffers(self) -> None:
+        """Free the sampled forward's reusable buffers (made again when needed; eval() frees them too)."""
+        self._ws.clear()
+
+    def train(self, mode: bool = True):
+        if not mode:
+            self._ws.clear()
+        return super().train(mode)
 
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -46,8 +178,13 @@ class VariationalLayer(nn.Module):
         out = self._op(x, w_mean, bias_mean)
         if not self.training:
             return out
-        var = self._op(x * x, w_var, b_var if self.coded_bias else None)
-        noise = torch.randn(out.shape, generator=self.generator, device=out.device, dtype=out.dtype)
+        x2 = _Square.apply(x) if x.requires_grad and torch.is_grad_enabled() else x * x
+        var = self._op(x2, w_var, b_var if self.coded_bias else None)
+        # the noise stream: one standard normal per pre-activation, drawn like torch.randn(out.shape)
+        bufs = self._ws.take()
+        noise = bufs.get("noise", out).normal_(generator=self.generator)
+        if torch.is_grad_enabled() and (out.requires_grad or var.requires_grad):
+            return _Sample.apply(out, var, noise, bufs, self._ws)
         return out + torch.sqrt(var.clamp_min(0) + _VAR_FLOOR) * noise
 
 

@@ -18,6 +18,7 @@ import math
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from mrcformat.sampler import bf16_bits_to_float, float_to_bf16_bits
 
@@ -28,6 +29,33 @@ __all__ = ["METHODS", "GroupPosterior"]
 
 METHODS = ("mean-var", "mean-kl")
 _MASKED = -1e4
+
+
+class _Gather(torch.autograd.Function):
+    """src[index] (times `sign`, if given) for a flat `src`, with a deterministic backward.
+
+    The forward is an index_select; the backward adds each weight's gradient into its slot in
+    weight order (scatter_add_ into zeros). That is the sum autograd's index backward forms
+    (index_put_ with accumulate) when every slot is read once; with hashing, where several weights
+    read a slot, index_put_ adds in parallel in an unspecified order on a CPU with more than one
+    thread (not reproducible from run to run), this adds them in weight order."""
+
+    @staticmethod
+    def forward(ctx, src, index, sign):
+        out = torch.index_select(src, 0, index)
+        if sign is not None:
+            out.mul_(sign)
+        ctx.save_for_backward(index, sign)
+        ctx.size = src.shape[0]
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        index, sign = ctx.saved_tensors
+        if sign is not None:
+            grad = grad * sign
+        return grad.new_zeros(ctx.size).scatter_add_(0, index, grad), None, None
 
 
 class GroupPosterior(nn.Module):
@@ -49,6 +77,8 @@ class GroupPosterior(nn.Module):
         self.register_buffer("index", torch.full((nb,), -1, dtype=torch.int64))
         self.register_buffer("coded_value", torch.zeros(nb, bsz))
         self.register_buffer("frozen_sigma_bits", torch.tensor(-1, dtype=torch.int64))
+        self.register_buffer("invalid", ~plan.valid, persistent=False)   # padding slots
+        self._coded_key, self._coded_cache = None, None
         self.kl_target = plan.budget_nats - kl_margin    # nats per block
 
         values = self._values_from_weights(init_weights.detach().float().cpu())  # slot order, padded
@@ -106,7 +136,7 @@ class GroupPosterior(nn.Module):
         """(mean, log std) of q in slot order for all blocks (coded ones included, as trained)."""
         if self.method == "mean-var":
             return self.mean, self.log_std
-        logits = self.logits.masked_fill(~self.valid, _MASKED)   # padding slots get no KL
+        logits = self.logits.masked_fill(self.invalid, _MASKED)   # padding slots get no KL
         sqrt_kl = math.sqrt(self.kl_target) * torch.exp(0.5 * torch.log_softmax(logits, dim=1))
         return mean_kl_moments(sqrt_kl, self.nu, self.sigma_p())
 
@@ -127,16 +157,38 @@ class GroupPosterior(nn.Module):
         mean, log_std = self.slot_moments()
         return (gaussian_kl(mean, log_std, self.sigma_p()) * self.valid).sum(1)
 
+    def _coded_state(self) -> tuple[bool, int, torch.Tensor]:
+        """(some block coded, uncoded blocks, uncoded mask as float), recomputed only when `coded`
+        changes (its version counter): no device sync and no new tensor per step."""
+        c = self.coded
+        key = (id(c), c._version, c.data_ptr())
+        if key != self._coded_key:
+            active = (~c).float()
+            n = int(active.sum())
+            self._coded_key, self._coded_cache = key, (n < c.numel(), n, active)
+        return self._coded_cache
+
+    def any_coded(self) -> bool:
+        return self._coded_state()[0]
+
+    def num_uncoded(self) -> int:
+        return self._coded_state()[1]
+
+    def uncoded_mask(self) -> torch.Tensor:
+        """1.0 for every uncoded block, 0.0 for every coded one, [num_blocks] (do not modify)."""
+        return self._coded_state()[2]
+
     def weight_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of every weight of the group (member order), coded blocks fixed."""
         mean, log_std = self.slot_moments()
-        coded = self.coded[:, None]
-        mean = torch.where(coded, self.coded_value, mean).reshape(-1)
-        var = torch.where(coded, torch.zeros_like(log_std), torch.exp(2 * log_std)).reshape(-1)
-        wm, wv = mean[self.slot_of_weight], var[self.slot_of_weight]
-        if self.sign.numel():
-            wm = wm * self.sign
-        return wm, wv
+        var = torch.exp(2 * log_std)
+        if self.any_coded() or self.coded_value.requires_grad:
+            coded = self.coded[:, None]
+            mean = torch.where(coded, self.coded_value, mean)
+            var = torch.where(coded, 0.0, var)
+        sign = self.sign if self.sign.numel() else None
+        return (_Gather.apply(mean.reshape(-1), self.slot_of_weight, sign),
+                _Gather.apply(var.reshape(-1), self.slot_of_weight, None))
 
     def member_moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{tensor name: (mean, var)} reshaped to the member tensors' shapes."""

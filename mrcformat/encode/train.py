@@ -203,6 +203,8 @@ class MiracleTrainer:
         return f + (1 - f) * 0.5 * (1 + math.cos(math.pi * step / max(1, self.cfg.steps)))
 
     def train_step(self) -> dict:
+        """One optimiser step on one batch. The moments, the block KLs and their penalty are computed
+        once; no per-block Python loop, and the only host sync is the returned loss."""
         cfg, st = self.cfg, self.state
         t0 = time.perf_counter()
         for g in self.opt.param_groups:
@@ -218,7 +220,7 @@ class MiracleTrainer:
         kls = []
         if cfg.method == "mean-var" and cfg.kl_control == "global":
             # one beta on the total KL: the ELBO itself decides where the bits go (allocation pre-phase)
-            total = sum(((~p.coded).float() * p.block_kl()).sum() for p in self.posteriors)
+            total = sum((p.uncoded_mask() * p.block_kl()).sum() for p in self.posteriors)
             kls.append(total.detach())
             loss = loss + self.global_beta.beta[0] * total / self.num_examples
         elif cfg.method == "mean-var":
@@ -226,14 +228,14 @@ class MiracleTrainer:
             for p, beta in zip(self.posteriors, self.betas):
                 kl = p.block_kl()
                 kls.append(kl.detach())
-                penalty = penalty + beta.penalty(kl, (~p.coded).float())
+                penalty = penalty + beta.penalty(kl, p.uncoded_mask())
             loss = loss + penalty / self.num_examples
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         info = {"nll": float(nll.detach())}
         if cfg.method == "mean-var" and cfg.kl_control == "global":
-            target = sum(p.kl_target * float((~p.coded).sum()) for p in self.posteriors)
+            target = sum(p.kl_target * float(p.num_uncoded()) for p in self.posteriors)
             self.global_beta.update(kls[0].reshape(1), target)
         elif cfg.method == "mean-var":
             for p, beta, kl in zip(self.posteriors, self.betas, kls):
