@@ -1,7 +1,7 @@
 """Cost of one MIRACLE training step against one plain training step of the same network.
 
-    .venv/bin/python bench/train_step.py [--models ocr,lenet5] [--repeats 9] [--label after]
-                                         [--profile] [--out bench/results]
+    .venv/bin/python bench/train_step.py [--models ocr,lenet5] [--repeats 9] [--threads 2]
+                                         [--label "after, 2 threads"] [--profile] [--out bench/results]
 
 For each network the trainer is set up as `mrcformat.encode.compress` sets it up (coded layer specs,
 "sqrt" block allocation of a small budget at 16 bits per block, affine layout, group posteriors,
@@ -13,22 +13,27 @@ rounds) so that a busy machine slows all of them alike; the table gives medians 
 each MIRACLE median to the plain median of the same round set.
 
 Networks:
-* "ocr": a text-line CNN like the one of issue 13 (2.37M weights): 1x64x256 grey images, seven
+* "ocr": a text-line CNN like the one of issue 13 (2.29M weights): 1x64x256 grey images, seven
   3x3 conv layers (32-64-128-128-256-256-256, max-pools down to 4x32), a per-column classifier
   (Linear 1024-512-96, i.e. 32 output columns of 96 classes, cross-entropy per column);
   batch 32.
 * "lenet5": LeNet-5-Caffe of the bundled example (`examples/lenet5_model.py`), MNIST-sized
   random inputs, batch 128 (the example's batch size).
 
-Results go to `<out>/train_step.json` under `--label` (so "before" and "after" runs of different
-code can sit side by side) and `<out>/train_step.md` is rewritten from all labels recorded there.
-`--profile` adds a torch.profiler table (self CPU time per operator) of a few MIRACLE steps of
-every configuration.
+Results go to `<out>/train_step.json` under `--label` and `<out>/train_step.md` is rewritten from
+all labels recorded there (`--report-only`: rewrite it, measure nothing). Before/after: run the
+older code under a label starting with "before" (e.g. `git archive <commit> mrcformat | tar -x -C
+/tmp/old` and `PYTHONPATH=/tmp/old`) and the current code under the same label with "after"; the
+report puts each such pair side by side.
+`--profile` adds torch.profiler tables (self CPU time per operator) of a few steps of the plain
+network and of both methods without hashing. `bench/results/train_step_notes.md` (the findings,
+written by hand) is copied into the report.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -43,13 +48,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
-from lenet5_model import LeNet5  # noqa: E402
+from lenet5_model import LeNet5
 
-from mrcformat.encode.api import coded_layer_specs  # noqa: E402
-from mrcformat.encode.blocks import allocate_blocks, build_plan  # noqa: E402
-from mrcformat.encode.layers import variationalize  # noqa: E402
-from mrcformat.encode.posterior import GroupPosterior  # noqa: E402
-from mrcformat.encode.train import MiracleTrainer, TrainConfig  # noqa: E402
+from mrcformat.encode.api import coded_layer_specs
+from mrcformat.encode.blocks import allocate_blocks, build_plan
+from mrcformat.encode.layers import variationalize
+from mrcformat.encode.posterior import GroupPosterior
+from mrcformat.encode.train import MiracleTrainer, TrainConfig
 
 
 class OCRNet(nn.Module):
@@ -189,12 +194,16 @@ def measure(name: str, methods: list[str], repeats: int, warmup: int) -> dict:
     return {"meta": meta, "rows": rows}
 
 
-def profile(name: str, methods: list[str], steps: int = 3, top: int = 14) -> dict:
-    from torch.profiler import ProfilerActivity, profile as tprofile
+def profile(name: str, methods: list[str], steps: int = 3, top: int = 10,
+            only: tuple = ("plain", "mean-var", "mean-kl")) -> dict:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
 
     configs, _ = configs_for(name, methods)
     out = {}
     for label, step, _ in configs:
+        if label not in only:
+            continue
         for _ in range(2):
             step()
         with tprofile(activities=[ProfilerActivity.CPU]) as prof:
@@ -207,14 +216,45 @@ def profile(name: str, methods: list[str], steps: int = 3, top: int = 14) -> dic
     return out
 
 
+def _comparisons(results: dict) -> list[tuple[str, str]]:
+    """("before..." label, "after..." label) pairs whose labels differ only in that word."""
+    return [(lb, "after" + lb[len("before"):]) for lb in results
+            if lb.startswith("before") and "after" + lb[len("before"):] in results]
+
+
 def report(results: dict) -> str:
     lines = ["# MIRACLE training step against a plain training step", ""]
-    lines.append("`bench/train_step.py`: median wall time of one step, measured interleaved with the plain step "
-                 "of the same network in the same run; ratio = MIRACLE median / plain median. Plain step: "
-                 "forward + cross-entropy + backward + Adam of the original network. MIRACLE step: "
-                 "`MiracleTrainer.train_step` as `compress` sets it up (16-bit blocks, \"sqrt\" allocation, "
-                 "coded biases, affine layout, default `TrainConfig`: history every 50 steps).")
+    lines.append("`bench/train_step.py`: median wall time of one training step, measured interleaved with the "
+                 "plain step of the same network in the same run; \"x plain\" = MIRACLE median / plain median of "
+                 "that run. Plain step: forward + cross-entropy + backward + Adam of the original network. MIRACLE "
+                 "step: `MiracleTrainer.train_step` set up as `compress` does (16-bit blocks, \"sqrt\" allocation, "
+                 "coded biases, affine layout, default `TrainConfig`: history every 50 steps). CPU = process "
+                 "CPU time (user + system) per step; page faults = minor faults per step (fresh memory).")
     lines.append("")
+    notes = ROOT / "bench" / "results" / "train_step_notes.md"
+    if notes.exists():
+        lines.append(notes.read_text().rstrip())
+        lines.append("")
+    for lb, la in _comparisons(results):
+        lines.append(f"## Before and after{lb[len('before'):]}")
+        lines.append("")
+        lines.append(f"\"{lb}\" ({results[lb]['env'].get('date', '')}) and \"{la}\" "
+                     f"({results[la]['env'].get('date', '')}): medians in ms; speed-up = before / after.")
+        lines.append("")
+        lines.append("| network | step | before ms | before x plain | after ms | after x plain | speed-up |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|")
+        for name in results[la]["models"]:
+            if name not in results[lb]["models"]:
+                continue
+            before = {x["config"]: x for x in results[lb]["models"][name]["rows"]}
+            for row in results[la]["models"][name]["rows"]:
+                rb = before.get(row["config"])
+                if rb is None:
+                    continue
+                lines.append(f"| {LABELS.get(name, name)} | {row['config']} | {rb['median_s'] * 1e3:.0f} | "
+                             f"{rb['ratio']:.2f} | {row['median_s'] * 1e3:.0f} | {row['ratio']:.2f} | "
+                             f"{rb['median_s'] / row['median_s']:.2f} |")
+        lines.append("")
     for label, res in results.items():
         lines.append(f"## {label}")
         lines.append("")
@@ -236,43 +276,24 @@ def report(results: dict) -> str:
                              f"{row.get('cpu_s', float('nan')) * 1e3:.1f} | {row.get('cpu_ratio', float('nan')):.2f} | "
                              f"{row.get('faults', '')} |")
             lines.append("")
-    if len(results) >= 2:
-        labels = list(results)
-        lines.append(f"## {' vs '.join(labels)}")
-        lines.append("")
-        lines.append("| network | step | " + " | ".join(f"{lb} ms | {lb} x plain" for lb in labels) + " |")
-        lines.append("|---|---|" + "---:|---:|" * len(labels))
-        names = [n for n in results[labels[-1]]["models"] if all(n in results[lb]["models"] for lb in labels)]
-        for name in names:
-            for i, row in enumerate(results[labels[-1]]["models"][name]["rows"]):
-                cells = []
-                for lb in labels:
-                    rr = {x["config"]: x for x in results[lb]["models"][name]["rows"]}.get(row["config"])
-                    cells.append(f"{rr['median_s'] * 1e3:.1f} | {rr['ratio']:.2f}" if rr else " | ")
-                lines.append(f"| {LABELS.get(name, name)} | {row['config']} | " + " | ".join(cells) + " |")
-        lines.append("")
     for label, res in results.items():
         prof = res.get("profile")
         if not prof:
             continue
-        lines.append(f"## Profile ({label})")
+        lines.append(f"## Profile: {label}")
         lines.append("")
-        lines.append("torch.profiler, self CPU time per operator per step (averaged over 3 steps; the two "
-                     "threads' time is counted once per op call, so totals can exceed wall time).")
+        lines.append("torch.profiler, self CPU time per operator per step (mean of 3 profiled steps after 2 "
+                     "unprofiled ones; profiler overhead included).")
         lines.append("")
         for name, per in prof.items():
             for cfg, p in per.items():
-                lines.append(f"**{LABELS.get(name, name)}, {cfg}** — {p['total_ms']:.0f} ms self CPU per step")
+                lines.append(f"**{LABELS.get(name, name)}, {cfg}**: {p['total_ms']:.0f} ms self CPU per step")
                 lines.append("")
                 lines.append("| op | ms / step | calls / step |")
                 lines.append("|---|---:|---:|")
                 for key, ms, calls in p["ops"]:
                     lines.append(f"| `{key}` | {ms:.1f} | {calls} |")
                 lines.append("")
-    notes = ROOT / "bench" / "results" / "train_step_notes.md"
-    if notes.exists():
-        lines.append(notes.read_text().rstrip())
-        lines.append("")
     return "\n".join(lines)
 
 
@@ -286,6 +307,7 @@ def main(argv=None) -> None:
     ap.add_argument("--label", default="after")
     ap.add_argument("--note", default="")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the stored .json, measure nothing")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -294,7 +316,10 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     store = out / "train_step.json"
     results = json.loads(store.read_text()) if store.exists() else {}
-    env = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "cpus": len(__import__("os").sched_getaffinity(0)),
+    if args.report_only:
+        (out / "train_step.md").write_text(report(results))
+        return
+    env = {"date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "cpus": len(os.sched_getaffinity(0)),
            "torch": torch.__version__, "python": platform.python_version(), "repeats": args.repeats,
            "warmup": args.warmup, "note": args.note}
     res = {"env": env, "models": {}}

@@ -6,6 +6,7 @@ the expression written out with autograd: a run's results must not depend on whi
 """
 import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -178,7 +179,7 @@ def _one_layer():
 
 
 def test_two_live_graphs_of_one_layer_keep_their_own_noise():
-    vm, layer, wm = _one_layer()
+    vm, _, wm = _one_layer()
     x = torch.randn(3, 5)
     y1, y2 = vm(x), vm(x)                                   # second call while the first graph lives
     g1, = torch.autograd.grad(y1.sum(), wm)
@@ -192,7 +193,7 @@ def test_two_live_graphs_of_one_layer_keep_their_own_noise():
 
 
 def test_an_old_graph_whose_buffers_were_reused_refuses_to_backpropagate():
-    vm, layer, wm = _one_layer()
+    vm, _, _ = _one_layer()
     x = torch.randn(3, 5)
     y1 = vm(x)
     y1.sum().backward(retain_graph=True)
@@ -202,11 +203,12 @@ def test_an_old_graph_whose_buffers_were_reused_refuses_to_backpropagate():
 
 
 def test_eval_copy_and_pickle_drop_the_buffers():
-    vm, layer, wm = _one_layer()
+    vm, layer, _ = _one_layer()
     vm(torch.randn(3, 5)).sum().backward()
     assert layer._ws.main.tensors
     twin = copy.deepcopy(vm)
     assert not twin[0]._ws.main.tensors
+    assert not pickle.loads(pickle.dumps(layer._ws)).main.tensors
     vm.eval()
     assert not layer._ws.main.tensors
 

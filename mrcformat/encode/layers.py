@@ -133,7 +133,7 @@ class _Workspace:
         self.main, self._owner = _Buffers(), None
 
     # a copied or pickled layer starts with empty buffers of its own
-    def __deepcopy__(self, memo) -> "_Workspace":
+    def __deepcopy__(self, memo) -> _Workspace:
         return _Workspace()
 
     def __getstate__(self) -> dict:
