@@ -1,7 +1,6 @@
 """Coding spread over torch.distributed processes: 2 gloo processes on CPU make the file 1 makes."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(workdir: str, rank: int = 0, world: int = 1, **kw) -> bytes | None:
+def _run() -> bytes | None:
     """One compress() call on a tiny MLP: sampled choice (every score matters), several blocks of
     two groups per round, hashing, learned allocation."""
     torch.set_num_threads(1)
@@ -30,7 +29,7 @@ def _run(workdir: str, rank: int = 0, world: int = 1, **kw) -> bytes | None:
     loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(1))
     result = compress(model, loader, 48, method="mean-var", index_bits=9, steps=12, retrain_steps=1,
                       blocks_per_round=5, seed=7, progress=False, example_input=x[:1], hashing={"0": 2},
-                      allocation="kl", alloc_steps=6, **kw)
+                      allocation="kl", alloc_steps=6)
     if result is None:
         return None
     return result.to_bytes()
@@ -40,7 +39,7 @@ def _worker(rank: int, world: int, init: str, workdir: str) -> None:
     sys.path.insert(0, str(ROOT))
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        data = _run(workdir, rank, world)
+        data = _run()
         assert (data is None) == (rank != 0)
         if data is not None:
             Path(workdir, "dist.mrc").write_bytes(data)
@@ -50,7 +49,7 @@ def _worker(rank: int, world: int, init: str, workdir: str) -> None:
 
 @pytest.mark.slow
 def test_two_gloo_processes_make_the_same_file(tmp_path):
-    single = _run(str(tmp_path))
+    single = _run()
     init = f"file://{tmp_path / 'rendezvous'}"
     mp.spawn(_worker, args=(2, init, str(tmp_path)), nprocs=2, join=True)
     assert (tmp_path / "dist.mrc").read_bytes() == single

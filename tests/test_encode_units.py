@@ -66,9 +66,9 @@ def test_code_block_greedy_and_sampled():
     valid = torch.ones(bsz, dtype=torch.bool)
     x = torch.from_numpy(candidates(9, 2, 4, bsz, 0.0, sp, 0, 1 << bits))
     lw = score_candidates(x, mean, log_std, valid, sp).numpy()
-    g = code_block(9, 2, 4, bsz, bits, sp, mean, log_std, valid, greedy=True, chunk=100)
+    g = code_block(9, 2, 4, bsz, bits, sp, mean, log_std, valid, greedy=True)
     assert g.index == int(np.argmax(lw)) and torch.equal(g.values, x[g.index])
-    s = code_block(9, 2, 4, bsz, bits, sp, mean, log_std, valid, chunk=64)
+    s = code_block(9, 2, 4, bsz, bits, sp, mean, log_std, valid)
     assert s.index == choose_index(lw, seed=9, group=2, block=4) and torch.equal(s.values, x[s.index])
 
 

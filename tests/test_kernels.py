@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 import mrcformat as m
 from mrcformat import kernels
-from mrcformat.kernels import fallback
 from mrcformat.layout import Layout, choose_affine
 
 from strategies import make_group

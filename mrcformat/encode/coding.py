@@ -152,8 +152,7 @@ def code_blocks(seed: int, gid: int, blocks: list[int], block_size: int, index_b
 @torch.no_grad()
 def code_block(seed: int, gid: int, block: int, block_size: int, index_bits: int, sigma_p: float,
                mean: torch.Tensor, log_std: torch.Tensor, valid: torch.Tensor, *, greedy: bool = False,
-               chunk: int = 1 << 21, gen=None, scorer=None) -> BlockChoice:
-    """Score every candidate of one block under q (mean, log_std per slot) and p = N(0, sigma_p^2).
-    (`chunk` is kept for callers of the per-block generator; the scorers bound their own memory.)"""
+               gen=None, scorer=None) -> BlockChoice:
+    """Score every candidate of one block under q (mean, log_std per slot) and p = N(0, sigma_p^2)."""
     return code_blocks(seed, gid, [block], block_size, index_bits, sigma_p, mean[None], log_std[None], valid[None],
                        greedy=greedy, scorer=scorer, gen=gen)[0]

@@ -262,11 +262,15 @@ class MiracleTrainer:
                 "coded_blocks": sum(int(p.coded.sum()) for p in self.posteriors)}
 
     # --- coding ---------------------------------------------------------------------------
+    def _round(self, round_no: int) -> list[tuple[float, int, int]]:
+        """The (order key, posterior index, block) entries coded in round `round_no`, in coding order."""
+        n = self.cfg.blocks_per_round
+        return self.order[round_no * n:(round_no + 1) * n]
+
     def _round_blocks(self, round_no: int) -> list[tuple[int, list[int]]]:
         """The blocks coded in round `round_no`, as (posterior index, blocks) in order of appearance."""
-        n = self.cfg.blocks_per_round
         by_group: dict[int, list[int]] = {}
-        for _, i, b in self.order[round_no * n:(round_no + 1) * n]:
+        for _, i, b in self._round(round_no):
             by_group.setdefault(i, []).append(b)
         return list(by_group.items())
 
@@ -292,8 +296,7 @@ class MiracleTrainer:
                                                       p.plan.index_bits, sp, m, ls, v, greedy=cfg.greedy,
                                                       scorer=self.scorer, gen=self.gen, shard=self.shard)):
                 chosen[(i, b)] = (choice, float(kl[b]))
-        n = cfg.blocks_per_round
-        for _, i, b in self.order[st.coded_rounds * n:(st.coded_rounds + 1) * n]:
+        for _, i, b in self._round(st.coded_rounds):
             p = self.posteriors[i]
             choice, kl_b = chosen[(i, b)]
             p.fix_block(b, choice.index, choice.values)

@@ -128,10 +128,14 @@ def _run(jobs: list, nthreads: int) -> None:
         f.result()
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _splits(total: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
     """[0, total) in at most `parts` nearly equal ranges whose inner bounds are multiples of `align`."""
-    parts = max(1, min(parts, -(-total // align)))
-    step = -(-(-(-total // parts)) // align) * align
+    parts = max(1, min(parts, _ceil_div(total, align)))
+    step = _ceil_div(_ceil_div(total, parts), align) * align
     return [(a, min(a + step, total)) for a in range(0, total, step)]
 
 
@@ -202,7 +206,7 @@ def score_blocks(seed: int, gid: int, blocks, block_size: int, mu: float, sigma:
         raise ValueError(f"out must be a C-contiguous float64 array of shape {(rows, count)}")
     if rows == 0 or count == 0:
         return out
-    if not 0 <= start and start + count <= 1 << 32:
+    if not (0 <= start and start + count <= 1 << 32):
         raise ValueError("candidate indices must lie in [0, 2**32)")
     sp = float(sigma_p)
     const = ((math.log(sp) - log_std) * v).sum(axis=1)
