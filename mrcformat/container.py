@@ -13,10 +13,12 @@ from .bitpack import packed_length
 from .layout import Layout, num_blocks
 from .sampler import check_coding_parameters
 
-__all__ = ["MAGIC", "VERSION", "PREAMBLE_SIZE", "SAMPLER", "DTYPES", "SECTION_KINDS", "Group", "Tensor", "Container"]
+__all__ = ["MAGIC", "VERSION", "WRITE_VERSION", "PREAMBLE_SIZE", "SAMPLER", "DTYPES", "ONNX_DATA_TYPES",
+           "SECTION_KINDS", "Group", "Tensor", "Container"]
 
 MAGIC = b"\x89MRC\r\n\x1a\n"
-VERSION = (1, 0)
+VERSION = (1, 1)        # the version this reader implements
+WRITE_VERSION = (1, 0)  # what a Container is written as unless it uses a 1.1 feature (graph stubs)
 PREAMBLE_SIZE = 24
 SAMPLER = "normal16"
 # dtype name in the header -> numpy little-endian dtype string (bfloat16 travels as its uint16 bits)
@@ -25,6 +27,11 @@ DTYPES = {
     "int8": "i1", "uint8": "u1", "int16": "<i2", "int32": "<i4", "int64": "<i8", "bool": "u1",
 }
 SECTION_KINDS = ("indices", "raw", "graph")
+# dtype name in the header -> onnx.TensorProto data type (a graph stub's type must match its tensor's)
+ONNX_DATA_TYPES = {
+    "float32": 1, "uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7, "bool": 9, "float16": 10,
+    "float64": 11, "bfloat16": 16,
+}
 
 
 @dataclass
@@ -84,7 +91,7 @@ class Container:
     tensors: list[Tensor] = field(default_factory=list)
     graph: bytes | None = None
     metadata: dict[str, str] = field(default_factory=dict)
-    version: tuple[int, int] = VERSION
+    version: tuple[int, int] = WRITE_VERSION
 
     def tensor(self, name: str) -> Tensor:
         for t in self.tensors:

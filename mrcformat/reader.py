@@ -293,7 +293,7 @@ def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, repo
         _, off, length = sections[gsec]
         graph = bytes(buf[off:off + length])
         if check_graph:
-            ok &= _check_graph(graph, tensors, f"sections[{gsec}]", report)
+            ok &= _check_graph(graph, tensors, f"sections[{gsec}]", report, version)
     if not ok:
         return None
     return Container(seed=seed, groups=groups, tensors=tensors, graph=graph, metadata=metadata, version=version)
@@ -480,8 +480,9 @@ def _parse_shape(shape, where: str, report: Report) -> tuple[int, ...] | None:
     return tuple(shape)
 
 
-def _check_graph(graph: bytes, tensors: list[Tensor], where: str, report: Report) -> bool:
-    """ONNX graph rules (SPEC.md 7.4). Needs the `onnx` package; without it the graph is not checked."""
+def _check_graph(graph: bytes, tensors: list[Tensor], where: str, report: Report,
+                 version: tuple[int, int] = (1, 0)) -> bool:
+    """ONNX graph rules (SPEC.md 7.6). Needs the `onnx` package; without it the graph is not checked."""
     try:
         import onnx
     except ImportError:  # pragma: no cover - onnx is a dependency, but the core must not need it
@@ -502,10 +503,14 @@ def _check_graph(graph: bytes, tensors: list[Tensor], where: str, report: Report
         ok = False
     file_names = {t.name for t in tensors}
     inits = {i.name for i in model.graph.initializer}
-    clash = sorted(file_names & inits)
-    if clash:
-        report(GraphError(f"graph initializers {clash[:5]} duplicate tensors of the file; their data must be removed", where))
-        ok = False
+    if version >= (1, 1):
+        ok &= _check_stubs(model.graph, tensors, where, report)
+    else:
+        clash = sorted(file_names & inits)
+        if clash:
+            report(GraphError(f"graph initializers {clash[:5]} duplicate tensors of the file; their data must be removed",
+                              where))
+            ok = False
     defined = file_names | inits | {i.name for i in model.graph.input} | {""}
     defined |= {s.values.name for s in model.graph.sparse_initializer}
     for node in model.graph.node:
@@ -514,6 +519,31 @@ def _check_graph(graph: bytes, tensors: list[Tensor], where: str, report: Report
                 report(GraphError(f"node {node.name or node.op_type!r} reads {name!r}, which nothing defines", where))
                 return False
         defined.update(node.output)
+    return ok
+
+
+def _check_stubs(graph, tensors: list[Tensor], where: str, report: Report) -> bool:
+    """Format 1.1 stubs (SPEC.md 7.6): every initializer (any depth) named like a file tensor, and every
+    Constant producing one, holds no data and has the tensor's type and dims; at most one per tensor."""
+    from .container import ONNX_DATA_TYPES
+    from .onnx_graphs import find_stubs
+
+    by_name = {t.name: t for t in tensors}
+    stubs, problems = find_stubs(graph, frozenset(by_name))
+    for message, path in problems:
+        report(GraphError(f"{message} (at {path})", where))
+    ok = not problems
+    seen: dict[str, str] = {}
+    for s in stubs:
+        t = by_name[s.name]
+        if s.name in seen:
+            report(GraphError(f"file tensor {s.name!r} has two stubs: {seen[s.name]} and {s.path}", where))
+            ok = False
+        seen[s.name] = s.path
+        if s.tensor.data_type != ONNX_DATA_TYPES[t.dtype] or tuple(s.tensor.dims) != tuple(t.shape):
+            report(GraphError(f"stub for {s.name!r} at {s.path} has data type {s.tensor.data_type} and dims "
+                              f"{list(s.tensor.dims)}; the file tensor is {t.dtype} {list(t.shape)}", where))
+            ok = False
     return ok
 
 

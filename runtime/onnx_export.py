@@ -14,20 +14,22 @@ import numpy as np
 from mrcformat.container import Container, Tensor
 from mrcformat.decoder import decode_group
 from mrcformat.errors import GraphError, LimitError
-from mrcformat.onnx_graphs import all_graphs
+from mrcformat.onnx_graphs import Stub, all_graphs, find_stubs
 from mrcformat.atomic import atomic_write_bytes
 from mrcformat.reader import load
 
 __all__ = [
     "decoded_arrays",
     "export",
+    "fill_stub",
     "graph_model",
+    "graph_stubs",
     "load_container",
     "raw_initializer",
     "referenced_names",
     "serialize",
     "to_onnx_model",
-
+    "wanted_names",
 ]
 
 # header dtype name -> onnx.TensorProto data type
@@ -70,6 +72,27 @@ def referenced_names(graph) -> set[str]:
         names.update(o.name for o in g.output)
     names.discard("")
     return names
+
+
+def graph_stubs(c: Container, model) -> dict[str, Stub]:
+    """The file tensors that go back into their own place in the graph (format >= 1.1, SPEC.md 7.6),
+    by name; the reader has checked there is at most one per tensor."""
+    if tuple(c.version) < (1, 1):
+        return {}
+    stubs, _ = find_stubs(model.graph, frozenset(t.name for t in c.tensors))
+    return {s.name: s for s in stubs}
+
+
+def wanted_names(c: Container, model, stubs: dict[str, Stub] | None = None) -> set[str]:
+    """The file tensors the graph needs: the ones it reads by name and the ones with a stub."""
+    stubs = graph_stubs(c, model) if stubs is None else stubs
+    return (referenced_names(model.graph) | set(stubs)) & {t.name for t in c.tensors}
+
+
+def fill_stub(stub: Stub, data: np.ndarray) -> None:
+    """Put a decoded tensor's bytes into its stub (little-endian raw_data; name, type and dims stay)."""
+    arr = np.asarray(data)
+    stub.tensor.raw_data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
 
 
 def raw_initializer(name: str, dtype: str, data: np.ndarray):
@@ -120,9 +143,14 @@ def to_onnx_model(container: str | os.PathLike | Container, *, self_decoding: bo
 
         return self_decoding_model(c)
     model = graph_model(c)
-    wanted = referenced_names(model.graph) & {t.name for t in c.tensors}
+    stubs = graph_stubs(c, model)
+    wanted = wanted_names(c, model, stubs)
     # tensors listed as graph inputs (IR < 4 style) stay there: the initializer becomes their default
-    model.graph.initializer.extend(raw_initializer(t.name, t.dtype, arr) for t, arr in decoded_arrays(c, wanted))
+    for t, arr in decoded_arrays(c, wanted):
+        if t.name in stubs:
+            fill_stub(stubs[t.name], arr)
+        else:
+            model.graph.initializer.append(raw_initializer(t.name, t.dtype, arr))
     return model
 
 

@@ -462,7 +462,8 @@ class OnnxModule(nn.Module):
         g = model.graph
         self._names: dict[str, str] = {}   # value name -> attribute name
         self._weights = nn.Module()
-        const = {t.name: _tensor_from_proto(t) for t in g.initializer}
+        # initializers named like a file tensor are format 1.1 stubs (no data): the file tensor fills them
+        const = {t.name: _tensor_from_proto(t) for t in g.initializer if t.name not in tensors}
         for name, t in tensors.items():
             self._store(name, t, parameter=t.is_floating_point())
         for name, t in const.items():
@@ -477,7 +478,8 @@ class OnnxModule(nn.Module):
                 raise NotImplementedError(f"operator {node.domain}.{node.op_type} is not supported")
             a = _attrs(node)
             if node.op_type == "Constant":
-                self._store(node.output[0], _constant_value(a), parameter=False)
+                if node.output[0] not in tensors:  # else a 1.1 stub, filled by the file tensor
+                    self._store(node.output[0], _constant_value(a), parameter=False)
                 continue
             if node.op_type not in SUPPORTED_OPS:
                 raise NotImplementedError(f"ONNX operator {node.op_type!r} (node {node.name!r}) is not supported")

@@ -40,7 +40,7 @@ import numpy as np
 
 from mrcformat.container import Container
 
-from .onnx_export import decoded_arrays, graph_model, load_container, raw_initializer, referenced_names, serialize
+from .onnx_export import decoded_arrays, fill_stub, graph_model, graph_stubs, load_container, raw_initializer, serialize, wanted_names
 
 __all__ = ["DEFAULT_EXTERNAL_MIN_BYTES", "DEFAULT_PROVIDERS", "ort_decoded_arrays", "session", "trim_heap"]
 
@@ -163,14 +163,25 @@ def session(src: str | os.PathLike | Container, *, self_decoding: bool = False, 
     providers = list(providers) if providers is not None else list(DEFAULT_PROVIDERS)
     c = load_container(src)
     model = graph_model(c)
-    wanted = referenced_names(model.graph) & {t.name for t in c.tensors}
+    stubs = graph_stubs(c, model)
+    wanted = wanted_names(c, model, stubs)
     arrays = ort_decoded_arrays(c, wanted, providers) if self_decoding else decoded_arrays(c, wanted)
     names, values = [], []
+    top = model.graph
     for t, arr in arrays:
-        if external_min_bytes is not None and arr.nbytes >= external_min_bytes and t.dtype in _EXTERNAL_DTYPES:
-            model.graph.initializer.append(_external_placeholder(t.name, t.dtype, arr))
+        stub = stubs.get(t.name)
+        # external initializers are looked up among the top graph's initializers only
+        external = (external_min_bytes is not None and arr.nbytes >= external_min_bytes
+                    and t.dtype in _EXTERNAL_DTYPES and (stub is None or (stub.node is None and stub.graph is top)))
+        if external:
+            if stub is not None:  # in place, so the initializers keep their order
+                stub.tensor.CopyFrom(_external_placeholder(t.name, t.dtype, arr))
+            else:
+                model.graph.initializer.append(_external_placeholder(t.name, t.dtype, arr))
             names.append(t.name)
             values.append(_external_value(arr))
+        elif stub is not None:
+            fill_stub(stub, arr)
         else:
             model.graph.initializer.append(raw_initializer(t.name, t.dtype, arr))
     arr = arrays = None

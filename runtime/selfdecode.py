@@ -430,8 +430,9 @@ class _Decoder:
         hprm = np.array([domain_word(DOMAIN_HASH, gid), nw, g.num_values, -(-nw // 2)], dtype=np.int64)
         return b.fn("Hash", v, self.init(hprm), self.key())
 
-    def tensors(self, wanted: set[str]) -> None:
-        """Emit every wanted coded tensor under its own name."""
+    def tensors(self, wanted: set[str], rename: dict[str, str] | None = None) -> None:
+        """Emit every wanted coded tensor under its own name (or under `rename[name]`)."""
+        rename = rename or {}
         b = self.b
         for gid in range(len(self.c.groups)):
             members = self.c.group_members(gid)
@@ -443,7 +444,8 @@ class _Decoder:
                 parts = b.op("Split", parts[0], sizes, axis=0, outs=len(members))
             for m, part in zip(members, parts):
                 if m.name in wanted:
-                    b.op("Reshape", part, self.init(np.array(m.shape, dtype=np.int64)), outs=[m.name], allowzero=1)
+                    b.op("Reshape", part, self.init(np.array(m.shape, dtype=np.int64)), outs=[rename.get(m.name, m.name)],
+                         allowzero=1)
 
     def functions(self, opset: int) -> list:
         return functions(opset, hashing=self.hashing)
@@ -466,7 +468,7 @@ def _make_model(nodes, inits, outputs, name: str, dec: _Decoder):
     return model
 
 
-def _convert_opset(model, c: Container, wanted: set[str], opset: int):
+def _convert_opset(model, c: Container, wanted: set[str], opset: int, stubbed: frozenset = frozenset()):
     """onnx.version_converter to OPSET; the file's tensors are declared as graph inputs meanwhile
     (the converter wants every value defined) and dropped again afterwards."""
     from onnx import helper, version_converter
@@ -474,7 +476,7 @@ def _convert_opset(model, c: Container, wanted: set[str], opset: int):
     from .onnx_export import _ONNX_DTYPES
 
     declared = {i.name for i in model.graph.input}
-    added = [t for t in c.tensors if t.name in wanted and t.name not in declared]
+    added = [t for t in c.tensors if t.name in wanted and t.name not in declared and t.name not in stubbed]
     model.graph.input.extend(helper.make_tensor_value_info(t.name, _ONNX_DTYPES[t.dtype], list(t.shape)) for t in added)
     try:
         model = version_converter.convert_version(model, OPSET)
@@ -496,7 +498,7 @@ def self_decoding_model(container: str | os.PathLike | Container):
     """
     from onnx import helper
 
-    from .onnx_export import graph_model, load_container, raw_initializer, referenced_names
+    from .onnx_export import fill_stub, graph_model, graph_stubs, load_container, raw_initializer, wanted_names
 
     c = load_container(container)
     model = graph_model(c)
@@ -507,19 +509,45 @@ def self_decoding_model(container: str | os.PathLike | Container):
     if opset is None:
         model.opset_import.append(helper.make_opsetid("", OPSET))
         opset = OPSET
-    wanted = referenced_names(model.graph) & {t.name for t in c.tensors}
+    wanted = wanted_names(c, model)
     if opset < OPSET:
-        model = _convert_opset(model, c, wanted, opset)
+        model = _convert_opset(model, c, wanted, opset, frozenset(graph_stubs(c, model)))
         opset = OPSET
     g = model.graph
-    dec = _Decoder(c, _prefix(_all_names(model) | {t.name for t in c.tensors}))
-    dec.tensors(wanted)
-    raws = [raw_initializer(t.name, t.dtype, t.data) for t in c.tensors if t.encoding == "raw" and t.name in wanted]
-    nodes = list(dec.b.nodes) + list(g.node)  # decoder first: nodes stay topologically sorted
+    stubs = graph_stubs(c, model)
+    taken = _all_names(model) | {t.name for t in c.tensors}
+    dec = _Decoder(c, _prefix(taken))
+    coded = {t.name for t in c.tensors if t.encoding == "coded"}
+    # a stubbed coded tensor is decoded under a fresh name in the top graph and handed to its place by an
+    # Identity: a Constant stub becomes that Identity, an initializer stub is replaced by one in its graph
+    rename = {name: dec.b.fresh() for name in sorted(stubs) if name in coded}
+    dec.tensors(wanted, rename)
+    top_identities = []
+    for name, stub in stubs.items():
+        t = c.tensor(name)
+        if t.encoding == "raw":
+            fill_stub(stub, t.data)
+            continue
+        if stub.node is not None:
+            node = stub.node
+            node.op_type, node.domain = "Identity", ""
+            del node.attribute[:]
+            node.input.append(rename[name])
+            continue
+        keep = [i for i in stub.graph.initializer if i is not stub.tensor and i.name != name]
+        del stub.graph.initializer[:]
+        stub.graph.initializer.extend(keep)
+        ident = helper.make_node("Identity", [rename[name]], [name], name=dec.b.fresh())
+        if stub.graph is g:
+            top_identities.append(ident)
+        else:
+            stub.graph.node.insert(0, ident)
+    raws = [raw_initializer(t.name, t.dtype, t.data) for t in c.tensors
+            if t.encoding == "raw" and t.name in wanted and t.name not in stubs]
+    nodes = list(dec.b.nodes) + top_identities + list(g.node)  # decoder first: nodes stay topologically sorted
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(dec.inits + raws)
-    coded = {t.name for t in c.tensors if t.encoding == "coded"}
     keep = [i for i in g.input if i.name not in coded]  # IR < 4 graphs list weights as inputs too
     del g.input[:]
     g.input.extend(keep)

@@ -61,6 +61,67 @@ def external_data_graph() -> bytes:
                              producer_version="1", ir_version=8).SerializeToString()
 
 
+def stub(name: str, shape: list[int], dtype: int = 1):
+    """A data-less TensorProto: the place a file tensor fills (SPEC.md 7.6, format 1.1)."""
+    from onnx import TensorProto
+
+    t = TensorProto()
+    t.name, t.data_type = name, dtype
+    t.dims.extend(shape)
+    return t
+
+
+def stubs_graph(*, with_data: bool = False) -> bytes:
+    """Weights where exported models keep them (format 1.1 stubs at every kind of place):
+    y = If(flag, then: x @ w_then (a Constant), else: Loop 2 times s @ w_loop (a Constant in the body)
+    starting from x @ w_else (an initializer of the else branch)) + bias (a top-level initializer).
+    with_data: w_then's Constant keeps a value (an invalid stub)."""
+    from onnx import TensorProto, helper
+
+    f = TensorProto.FLOAT
+    then_value = stub("", [4, 3])
+    if with_data:
+        then_value.float_data.extend([0.0] * 12)
+    then_g = helper.make_graph(
+        [helper.make_node("Constant", [], ["w_then"], value=then_value),
+         helper.make_node("MatMul", ["x", "w_then"], ["y_then"])],
+        "then", [], [helper.make_tensor_value_info("y_then", f, ["N", 3])])
+    body = helper.make_graph(
+        [helper.make_node("Constant", [], ["w_loop"], value=stub("w_loop_value", [3, 3])),
+         helper.make_node("MatMul", ["s", "w_loop"], ["s_next"]),
+         helper.make_node("Identity", ["cond"], ["cond_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("s", f, ["N", 3])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_next", f, ["N", 3])])
+    else_g = helper.make_graph(
+        [helper.make_node("Constant", [], ["trips"], value=helper.make_tensor("", TensorProto.INT64, [], [2])),
+         helper.make_node("MatMul", ["x", "w_else"], ["s0"]),
+         helper.make_node("Loop", ["trips", "", "s0"], ["y_else"], body=body)],
+        "else", [], [helper.make_tensor_value_info("y_else", f, ["N", 3])], initializer=[stub("w_else", [4, 3])])
+    g = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y_branch"], then_branch=then_g, else_branch=else_g),
+         helper.make_node("Add", ["y_branch", "bias"], ["y"])],
+        "stubs",
+        [helper.make_tensor_value_info("x", f, ["N", 4]), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", f, ["N", 3])], initializer=[stub("bias", [3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], producer_name="mrcformat-vectors",
+                          producer_version="1", ir_version=8)
+    return m.SerializeToString()
+
+
+def stubs_container(rng: np.random.Generator, *, with_data: bool = False, version=(1, 1)) -> Container:
+    return Container(
+        seed=11,
+        groups=[group(rng, 12, 4, 5, sigma=0.5), group(rng, 12 + 9, 7, 6, layout=choose_affine(21, 11, 1), sigma=0.5)],
+        tensors=[Tensor("w_then", (4, 3), "coded", group=0), Tensor("w_else", (4, 3), "coded", group=1),
+                 Tensor("w_loop", (3, 3), "coded", group=1),
+                 Tensor("bias", (3,), "raw", dtype="float32", data=np.array([0.5, -1.0, 2.0], "<f4"))],
+        graph=stubs_graph(with_data=with_data),
+        metadata={"model": "If/Loop with weights in Constant nodes and subgraph initializers"}, version=version)
+
+
 def valid_vectors() -> dict[str, tuple[Container, list[str]]]:
     v: dict[str, tuple[Container, list[str]]] = {}
     rng = np.random.default_rng(1)
@@ -124,6 +185,9 @@ def valid_vectors() -> dict[str, tuple[Container, list[str]]]:
     v["large_blocks"] = (Container(seed=77, groups=[group(rng, n, 4096, 16, layout=choose_affine(n, 77, 0), mu=1.0, sigma=0.5)],
                                    tensors=[Tensor("w", (n,), "coded", group=0)]),
                          ["block_size 4096 (the cap)", "index_bits 16"])
+    v["graph_stubs"] = (stubs_container(np.random.default_rng(9)),
+                        ["format 1.1", "graph stubs: Constant in an If branch, Constant in a Loop body nested in an "
+                         "If branch, initializer of a branch, top-level initializer (raw)"])
     return v
 
 
@@ -145,6 +209,8 @@ def invalid_vectors(valid: dict[str, bytes]) -> dict[str, tuple[bytes, str]]:
     c = Container(seed=3, groups=[group(rng, 2, 1, 4)], tensors=[Tensor("w", (2,), "coded", group=0)],
                   graph=external_data_graph())
     out["external_data"] = (_unchecked_bytes(c), "external-data")
+    out["stub_with_data"] = (_unchecked_bytes(stubs_container(np.random.default_rng(9), with_data=True)), "graph")
+    out["stubs_at_minor_0"] = (_unchecked_bytes(stubs_container(np.random.default_rng(9), version=(1, 0))), "graph")
     return out
 
 
@@ -166,7 +232,7 @@ def sha256(b: bytes) -> str:
 
 def build() -> tuple[dict[str, bytes], dict]:
     files: dict[str, bytes] = {}
-    manifest: dict = {"format_version": "1.0", "sampler": "normal16", "valid": {}, "invalid": {}}
+    manifest: dict = {"format_version": "1.1", "sampler": "normal16", "valid": {}, "invalid": {}}
     for name, (c, features) in valid_vectors().items():
         data = to_bytes(c)
         files[f"{name}.mrc"] = data

@@ -1,0 +1,104 @@
+"""SPEC.md 7.6 (format 1.1): file tensors filling stubs at their own place in the graph, any depth."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import mrcformat as m
+from mrcformat.errors import GraphError
+from mrcformat.onnx_graphs import find_stubs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "spec"))
+from make_vectors import stubs_container, stubs_graph  # noqa: E402
+
+ort = pytest.importorskip("onnxruntime")
+from mrcformat_runtime.onnx_export import to_onnx_model  # noqa: E402
+from mrcformat_runtime.ort import session  # noqa: E402
+
+
+def _container(**kw):
+    return stubs_container(np.random.default_rng(9), **kw)
+
+
+def _reference(d: dict, x: np.ndarray, flag: bool) -> np.ndarray:
+    y = x @ d["w_then"] if flag else (x @ d["w_else"]) @ d["w_loop"] @ d["w_loop"]
+    return y + d["bias"]
+
+
+def test_find_stubs_names_every_place():
+    model = onnx.ModelProto.FromString(stubs_graph())
+    stubs, problems = find_stubs(model.graph, {"w_then", "w_else", "w_loop", "bias"})
+    assert problems == []
+    where = {s.name: (s.kind, s.path) for s in stubs}
+    assert where["bias"] == ("initializer", "graph/initializer[0]")
+    assert where["w_then"][0] == "constant" and ".then_branch/" in where["w_then"][1]
+    assert where["w_else"][0] == "initializer" and where["w_else"][1].endswith(".else_branch/initializer[0]")
+    assert where["w_loop"][0] == "constant" and ".else_branch/" in where["w_loop"][1] and ".body/" in where["w_loop"][1]
+
+
+@pytest.mark.parametrize("self_decoding", [False, True])
+@pytest.mark.parametrize("flag", [True, False])
+def test_stubbed_weights_run_in_onnxruntime(tmp_path, flag, self_decoding):
+    path = tmp_path / "s.mrc"
+    m.save(_container(), path)
+    d = m.decode(m.load(path))
+    x = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
+    y = session(path, self_decoding=self_decoding).run(None, {"x": x, "flag": np.array(flag)})[0]
+    np.testing.assert_array_equal(y, _reference(d, x, flag).astype(np.float32))
+
+
+def test_assembled_model_keeps_the_graph_node_for_node():
+    c = m.from_bytes(m.to_bytes(_container()))
+    out = to_onnx_model(c)
+    onnx.checker.check_model(out, full_check=True)
+    original = onnx.ModelProto.FromString(stubs_graph())
+    d = m.decode(c)
+    # the only difference: the stubs now hold the decoded data
+    stubs, _ = find_stubs(original.graph, set(d))
+    for s in stubs:
+        s.tensor.raw_data = np.ascontiguousarray(d[s.name], dtype="<f4").tobytes()
+    assert out.SerializeToString() == original.SerializeToString()
+
+
+def _graph_variant(edit) -> bytes:
+    model = onnx.ModelProto.FromString(stubs_graph())
+    edit(model)
+    return model.SerializeToString()
+
+
+def _then(model):
+    return next(a.g for a in model.graph.node[0].attribute if a.name == "then_branch")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda mo: _then(mo).node[0].attribute[0].t.float_data.extend([0.0] * 12), "holds data"),
+    (lambda mo: _then(mo).node[0].attribute[0].t.dims.__setitem__(0, 5), "dims"),
+    (lambda mo: setattr(_then(mo).node[0].attribute[0].t, "data_type", 10), "data type"),
+    (lambda mo: mo.graph.initializer.add().CopyFrom(mo.graph.initializer[0]), "two stubs"),
+    (lambda mo: _then(mo).node[0].attribute.add().CopyFrom(onnx.helper.make_attribute("value_float", 1.0)),
+     "lone `value`"),
+    (lambda mo: _then(mo).initializer.add().CopyFrom(onnx.numpy_helper.from_array(np.zeros(3, np.float32), "bias")),
+     "holds data"),
+])
+def test_bad_stubs_are_graph_errors(edit, message):
+    c = _container()
+    c.graph = _graph_variant(edit)
+    from spec_helpers import unchecked_bytes
+    with pytest.raises(GraphError, match=message):
+        m.from_bytes(unchecked_bytes(c))
+
+
+def test_stubs_are_not_allowed_at_minor_0():
+    from spec_helpers import unchecked_bytes
+    with pytest.raises(GraphError, match="duplicate tensors of the file"):
+        m.from_bytes(unchecked_bytes(_container(version=(1, 0))))
+
+
+def test_files_without_stubs_are_still_written_as_1_0():
+    c = m.load(Path(__file__).resolve().parents[1] / "spec" / "vectors" / "mlp_graph.mrc")
+    assert c.version == (1, 0)
+    assert m.to_bytes(c)[8:12] == b"\x01\x00\x00\x00"
