@@ -18,7 +18,7 @@ __all__ = ["MAGIC", "VERSION", "WRITE_VERSION", "PREAMBLE_SIZE", "SAMPLER", "DTY
 
 MAGIC = b"\x89MRC\r\n\x1a\n"
 VERSION = (1, 1)        # the version this reader implements
-WRITE_VERSION = (1, 0)  # what a Container is written as unless it uses a 1.1 feature (graph stubs)
+WRITE_VERSION = (1, 0)  # what a Container is written as unless it uses a 1.1 feature (graph stubs, scales)
 PREAMBLE_SIZE = 24
 SAMPLER = "normal16"
 # dtype name in the header -> numpy little-endian dtype string (bfloat16 travels as its uint16 bits)
@@ -26,7 +26,7 @@ DTYPES = {
     "float32": "<f4", "float16": "<f2", "float64": "<f8", "bfloat16": "<u2",
     "int8": "i1", "uint8": "u1", "int16": "<i2", "int32": "<i4", "int64": "<i8", "bool": "u1",
 }
-SECTION_KINDS = ("indices", "raw", "graph")
+SECTION_KINDS = ("indices", "raw", "graph", "scales")
 # dtype name in the header -> onnx.TensorProto data type (a graph stub's type must match its tensor's)
 ONNX_DATA_TYPES = {
     "float32": 1, "uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7, "bool": 9, "float16": 10,
@@ -46,6 +46,7 @@ class Group:
     layout: Layout
     hashing: bool
     indices: np.ndarray          # int64 [num_blocks], each < 2**index_bits
+    scales: np.ndarray | None = None  # 1.1: uint16 bfloat16 bits [count]; value i's scale is sigma * scales[i div (n/count)]
 
     @property
     def num_blocks(self) -> int:
@@ -54,6 +55,11 @@ class Group:
     @property
     def payload_length(self) -> int:
         return packed_length(self.num_blocks, self.index_bits)
+
+    @property
+    def scale_run(self) -> int:
+        """Values per scale (n / count), or n without scales."""
+        return self.num_values // len(self.scales) if self.scales is not None else self.num_values
 
     @property
     def mu(self) -> np.float32:

@@ -11,6 +11,7 @@ with hashing the group's coded values (<= its output size) are kept for the fina
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator
 
 import numpy as np
@@ -21,14 +22,37 @@ from .layout import inverse_positions_range
 from .sampler import check_coding_parameters, normal_table, values_from_u16
 from .streams import candidate_u16, hash_range
 
-__all__ = ["DEFAULT_CHUNK", "decode_values", "decode_group", "iter_decode", "decode"]
+__all__ = ["DEFAULT_CHUNK", "apply_scales", "decode_values", "decode_group", "iter_decode", "decode", "value_scales"]
 
 DEFAULT_CHUNK = 1 << 16  # slots (or weights) per chunk: a few MiB of temporaries, cache-friendly
+
+
+UNIT_SIGMA_BITS = 0x3F80  # bfloat16 1.0
+
+
+def value_scales(g: Group) -> np.ndarray:
+    """float32 [count]: sigma * scale_k for a group with scales (exact: a product of two bfloat16s)."""
+    return (g.scales.astype(np.uint32) << 16).view(np.float32) * np.float32(check_coding_parameters(g.mu_bits,
+                                                                                                    g.sigma_bits)[1])
+
+
+def apply_scales(g: Group, out: np.ndarray) -> np.ndarray:
+    """v = mu + (sigma * scale_k) * T[u] from out = T[u] (a decode with mu = 0, sigma = 1): one rounding
+    for the product, one for the sum (SPEC.md 4.2), in value order, block of values by block."""
+    mu = check_coding_parameters(g.mu_bits, g.sigma_bits)[0]
+    sv = value_scales(g)
+    view = out.reshape(len(sv), -1)
+    np.multiply(view, sv[:, None], out=view)
+    np.add(out, mu, out=out)
+    return out
 
 
 def decode_values(seed: int, gid: int, g: Group, out: np.ndarray | None = None,
                   chunk: int = DEFAULT_CHUNK, *, backend: str | None = "auto") -> np.ndarray:
     """The group's coded values v[0..num_values) as float32."""
+    if g.scales is not None:  # decode T[u] (mu = 0, sigma = 1 is exact), then scale and shift
+        unit = dataclasses.replace(g, mu_bits=0, sigma_bits=UNIT_SIGMA_BITS, scales=None)
+        return apply_scales(g, decode_values(seed, gid, unit, out, chunk, backend=backend))
     n, bsz = g.num_values, g.block_size
     mu, sigma = check_coding_parameters(g.mu_bits, g.sigma_bits)
     if out is None:

@@ -12,7 +12,7 @@ __all__ = [
     "UnknownFieldError", "FieldValueError", "LimitError", "ShapeError", "DuplicateNameError",
     "UnknownEncodingError", "UnknownDTypeError", "UnknownSamplerError", "IndexWidthError",
     "BlockSizeError", "CodingParameterError", "LayoutParameterError", "HashingError",
-    "SectionLayoutError", "PaddingError", "SectionReferenceError", "SectionLengthError",
+    "ScalesError", "SectionLayoutError", "PaddingError", "SectionReferenceError", "SectionLengthError",
     "IndexPayloadError", "MetadataError", "GraphError", "ExternalDataError", "TableError", "ReadError",
     "InternalError",
 ]
@@ -65,6 +65,7 @@ BlockSizeError = _kind("BlockSizeError", "block-size", "block_size outside 1..40
 CodingParameterError = _kind("CodingParameterError", "coding-parameter", "mu/sigma not finite, out of range, or not representable as specified.")
 LayoutParameterError = _kind("LayoutParameterError", "layout-parameter", "Block layout parameters that do not define a bijection.")
 HashingError = _kind("HashingError", "hashing", "num_values inconsistent with the group's weight count.")
+ScalesError = _kind("ScalesError", "scales", "A group's scales (1.1): count not dividing num_values, used with hashing, or invalid values.")
 SectionLayoutError = _kind("SectionLayoutError", "section-layout", "Sections overlap, are out of order, leave gaps, or lie outside the file.")
 PaddingError = _kind("PaddingError", "padding", "Alignment padding or unused index bits are not zero.")
 SectionReferenceError = _kind("SectionReferenceError", "section-reference", "A section is referenced twice, never, by the wrong kind, or does not exist.")

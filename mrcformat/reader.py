@@ -18,15 +18,15 @@ from . import limits as L
 from .bitpack import padding_bits_are_zero, unpack_indices
 from .container import DTYPES, MAGIC, PREAMBLE_SIZE, SAMPLER, SECTION_KINDS, VERSION, Container, Group, Tensor
 from .errors import (
-    BadMagicError, BlockSizeError, ChecksumError, DuplicateNameError, ExternalDataError,
+    BadMagicError, BlockSizeError, ChecksumError, CodingParameterError, DuplicateNameError, ExternalDataError,
     FieldTypeError, FieldValueError, GraphError, HashingError, HeaderDecodeError, HeaderSizeError,
     IndexPayloadError, IndexWidthError, LayoutParameterError, LimitError, MetadataError,
-    MissingFieldError, MrcError, PaddingError, SectionLayoutError, SectionLengthError,
+    MissingFieldError, MrcError, PaddingError, ScalesError, SectionLayoutError, SectionLengthError,
     SectionReferenceError, ShapeError, TrailingBytesError, TruncatedError, UnknownDTypeError,
     UnknownEncodingError, UnknownFieldError, UnknownSamplerError, UnsupportedVersionError,
 )
 from .layout import Layout
-from .sampler import check_coding_parameters
+from .sampler import SIGMA_MAX_EXP, SIGMA_MIN_EXP, bf16_bits_to_float, check_coding_parameters
 
 __all__ = ["parse", "from_bytes", "load", "Report"]
 
@@ -167,6 +167,7 @@ def parse(data: bytes | memoryview, report: Report = _raise, check_graph: bool =
 
 _TOP = ("sampler", "seed", "groups", "tensors", "indices", "graph", "sections", "metadata")
 _GROUP = ("mu", "sigma", "block_size", "index_bits", "num_values", "layout", "hashing")
+_GROUP_1_1 = _GROUP + ("scales",)
 _TENSOR_CODED = ("name", "shape", "encoding", "group")
 _TENSOR_RAW = ("name", "shape", "encoding", "dtype", "section")
 _SECTION = ("kind", "offset", "length", "crc32")
@@ -194,7 +195,9 @@ def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, repo
     metadata = _parse_metadata(top, report)
 
     sections = _parse_sections(slist, buf, n, hend, strict, report)
-    groups = [_parse_group(i, g, strict, report) for i, g in enumerate(glist)]
+    v11 = tuple(version) >= (1, 1)
+    scale_refs: dict[int, int] = {}
+    groups = [_parse_group(i, g, strict, report, v11, nsec, scale_refs) for i, g in enumerate(glist)]
     tensors = _parse_tensors(tlist, len(groups), nsec, strict, report)
     if seed is None or sections is None or any(x is None for x in groups + tensors) or not top.ok:
         return None
@@ -227,6 +230,9 @@ def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, repo
         ok = False
     for ti, t in enumerate(tensors):
         if t.encoding == "raw" and not claim(t.section, "raw", f"tensors[{ti}].section"):
+            ok = False
+    for gi, si in scale_refs.items():
+        if not claim(si, "scales", f"groups[{gi}].scales"):
             ok = False
     for si in range(nsec):
         if si not in used:
@@ -274,6 +280,8 @@ def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, repo
                 ok = False
             g.indices = unpack_indices(np.frombuffer(payload, dtype=np.uint8), g.num_blocks, g.index_bits)
             pos += g.payload_length
+    for gi, si in scale_refs.items():
+        ok &= _read_scales(groups[gi], gi, sections[si], buf, report)
     for ti, t in enumerate(tensors):
         if t.encoding == "raw":
             _, off, length = sections[t.section]
@@ -368,9 +376,46 @@ def _parse_sections(slist: list, buf, n: int, hend: int, strict: bool, report: R
     return out if ok else None
 
 
-def _parse_group(gi: int, g, strict: bool, report: Report) -> Group | None:
+def _read_scales(g: Group, gi: int, section, buf, report: Report) -> bool:
+    """A group's scales section (1.1): count = length / 2 bfloat16 patterns; count divides num_values;
+    no hashing; every scale and every product sigma * scale a valid sigma (SPEC.md 7.3)."""
+    _, off, length = section
+    where = f"groups[{gi}].scales"
+    if length == 0 or length % 2:
+        report(SectionLengthError(f"a scales section holds 2-byte entries, at least one; it has {length} bytes", where))
+        return False
+    count = length // 2
+    if g.num_values % count:
+        report(ScalesError(f"{count} scales do not divide the group's {g.num_values} values", where))
+        return False
+    if g.hashing:
+        report(ScalesError("a group with scales must not use hashing", where))
+        return False
+    bits = np.frombuffer(buf, dtype="<u2", count=count, offset=off)
+    b = bits.astype(np.uint32)
+    exp = ((b >> 7) & 0xFF).astype(np.int64) - 127
+    good = ((b & 0x8000) == 0) & (((exp >= SIGMA_MIN_EXP) & (exp < SIGMA_MAX_EXP))
+                                  | ((exp == SIGMA_MAX_EXP) & ((b & 0x7F) == 0)))
+    with np.errstate(over="ignore", under="ignore"):  # the product of two bfloat16s is exact unless out of range
+        prod = (b << 16).view(np.float32) * bf16_bits_to_float(g.sigma_bits)
+    good &= (prod >= np.float32(2.0 ** SIGMA_MIN_EXP)) & (prod <= np.float32(2.0 ** SIGMA_MAX_EXP))
+    if not np.all(good):
+        k = int(np.argmin(good))
+        report(CodingParameterError(f"scale {k} (bits 0x{int(bits[k]):04x}) or sigma * scale is not a positive value "
+                                    f"in [2^{SIGMA_MIN_EXP}, 2^{SIGMA_MAX_EXP}]", f"{where}[{k}]"))
+        return False
+    g.scales = bits
+    return True
+
+
+def _parse_group(gi: int, g, strict: bool, report: Report, v11: bool = False, nsec: int = 0,
+                 scale_refs: dict | None = None) -> Group | None:
     where = f"groups[{gi}]"
-    f = _Fields(g, where, report, _GROUP, strict)
+    f = _Fields(g, where, report, _GROUP_1_1 if v11 else _GROUP, strict)
+    if v11 and f.is_map and "scales" in f.obj:
+        si = f.int("scales", 0, max(nsec - 1, 0), SectionReferenceError)
+        if si is not None and scale_refs is not None:
+            scale_refs[gi] = si
     mu = f.int("mu", 0, 2**32 - 1)
     sigma = f.int("sigma", 0, 2**16 - 1)
     bsize = f.int("block_size", 1, L.MAX_BLOCK_SIZE, BlockSizeError)

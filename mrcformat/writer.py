@@ -20,8 +20,10 @@ def _align(n: int) -> int:
     return -(-n // L.ALIGNMENT) * L.ALIGNMENT
 
 
-def _section_payloads(c: Container) -> tuple[list[tuple[str, bytes]], int | None, int | None, dict[int, int]]:
-    """Sections in file order: indices first, then raw tensors in tensor order, then the graph."""
+def _section_payloads(c: Container) -> tuple[list[tuple[str, bytes]], int | None, int | None, dict[int, int],
+                                             dict[int, int]]:
+    """Sections in file order: indices first, then scales in group order, raw tensors in tensor order,
+    then the graph."""
     sections: list[tuple[str, bytes]] = []
     indices_section = graph_section = None
     raw_section: dict[int, int] = {}
@@ -29,6 +31,11 @@ def _section_payloads(c: Container) -> tuple[list[tuple[str, bytes]], int | None
         payload = b"".join(pack_indices(g.indices, g.index_bits) for g in c.groups)
         indices_section = len(sections)
         sections.append(("indices", payload))
+    scales_section: dict[int, int] = {}
+    for gi, g in enumerate(c.groups):
+        if g.scales is not None:
+            scales_section[gi] = len(sections)
+            sections.append(("scales", np.ascontiguousarray(g.scales, dtype="<u2").tobytes()))
     for ti, t in enumerate(c.tensors):
         if t.encoding == "raw":
             arr = np.ascontiguousarray(t.data, dtype=DTYPES[t.dtype])
@@ -37,15 +44,19 @@ def _section_payloads(c: Container) -> tuple[list[tuple[str, bytes]], int | None
     if c.graph is not None:
         graph_section = len(sections)
         sections.append(("graph", bytes(c.graph)))
-    return sections, indices_section, graph_section, raw_section
+    return sections, indices_section, graph_section, raw_section, scales_section
 
 
 def _header_object(c: Container, sections: list[tuple[str, bytes]], offsets: list[int],
-                   indices_section: int | None, graph_section: int | None, raw_section: dict[int, int]) -> dict:
-    groups = [{
-        "mu": g.mu_bits, "sigma": g.sigma_bits, "block_size": g.block_size, "index_bits": g.index_bits,
-        "num_values": g.num_values, "layout": g.layout.to_header(), "hashing": bool(g.hashing),
-    } for g in c.groups]
+                   indices_section: int | None, graph_section: int | None, raw_section: dict[int, int],
+                   scales_section: dict[int, int]) -> dict:
+    groups = []
+    for gi, g in enumerate(c.groups):
+        entry = {"mu": g.mu_bits, "sigma": g.sigma_bits, "block_size": g.block_size, "index_bits": g.index_bits,
+                 "num_values": g.num_values, "layout": g.layout.to_header(), "hashing": bool(g.hashing)}
+        if gi in scales_section:
+            entry["scales"] = scales_section[gi]
+        groups.append(entry)
     tensors = []
     for ti, t in enumerate(c.tensors):
         entry: dict = {"name": t.name, "shape": [int(d) for d in t.shape], "encoding": t.encoding}
@@ -66,10 +77,10 @@ def _header_object(c: Container, sections: list[tuple[str, bytes]], offsets: lis
 
 def to_bytes(c: Container) -> bytes:
     """Serialise; the result is checked by the strict reader before it is returned."""
-    sections, isec, gsec, rsec = _section_payloads(c)
+    sections, isec, gsec, rsec, ssec = _section_payloads(c)
     offsets = [0] * len(sections)
     for _ in range(8):  # offsets change the header's length, which moves the offsets: iterate to a fixpoint
-        header = msgpack.packb(_header_object(c, sections, offsets, isec, gsec, rsec), use_bin_type=True)
+        header = msgpack.packb(_header_object(c, sections, offsets, isec, gsec, rsec, ssec), use_bin_type=True)
         pos, new = PREAMBLE_SIZE + len(header), []
         for _, data in sections:
             pos = _align(pos)

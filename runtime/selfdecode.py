@@ -421,8 +421,19 @@ class _Decoder:
         a, c = (g.layout.a, g.layout.c) if g.layout.kind == "affine" else (1, 0)
         prm = np.array([domain_word(DOMAIN_CANDIDATE, gid), g.block_size, g.index_bits, g.num_blocks,
                         g.num_values, a, c, -(-g.block_size // 8), 1 << g.index_bits], dtype=np.int64)
-        ms = np.array([g.mu_bits, g.sigma_bits << 16], dtype=np.uint32).view(np.float32)
+        if g.scales is None:
+            ms = np.array([g.mu_bits, g.sigma_bits << 16], dtype=np.uint32).view(np.float32)
+        else:  # T[u] (mu = 0, sigma = 1 is exact), then * (sigma * scale_k) and + mu: two ops, two roundings
+            ms = np.array([0.0, 1.0], dtype=np.float32)
         v = b.fn("Values", self.init(payload), self.init(prm), self.init(ms), self.key(), self.table())
+        if g.scales is not None:
+            from mrcformat.decoder import value_scales
+
+            sv = value_scales(g)
+            rows = b.op("Reshape", v, self.init(np.array([len(sv), g.num_values // len(sv)], dtype=np.int64)))
+            scaled = b.op("Mul", rows, self.init(sv.reshape(-1, 1)))
+            flat = b.op("Reshape", scaled, self.init(np.array([g.num_values], dtype=np.int64)))
+            v = b.op("Add", flat, self.init(np.array(g.mu, dtype=np.float32)))
         if not g.hashing:
             return v
         self.hashing = True

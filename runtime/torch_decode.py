@@ -21,6 +21,8 @@ bounds the working set; the defaults are 2**17 slots on CPU (cache sized) and 2*
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import threading
 from typing import Iterator
@@ -30,6 +32,7 @@ import torch
 
 from mrcformat import kernels
 from mrcformat.container import Container, Group, Tensor
+from mrcformat.decoder import UNIT_SIGMA_BITS, value_scales
 from mrcformat.sampler import check_coding_parameters
 from mrcformat.sampler import normal_table as _np_normal_table
 from mrcformat.streams import DOMAIN_CANDIDATE, DOMAIN_HASH, SAMPLES_PER_CALL, domain_word, seed_key
@@ -319,6 +322,15 @@ def decode_values(seed: int, gid: int, g: Group, device=None, *, out: torch.Tens
                   chunk: int | None = None, backend: str | None = "auto") -> torch.Tensor:
     """The group's coded values v[0..num_values) as a float32 tensor on `device`."""
     dev = _device(device)
+    if g.scales is not None:  # T[u] first (mu = 0, sigma = 1 is exact), then scale and shift (SPEC.md 4.2)
+        unit = dataclasses.replace(g, mu_bits=0, sigma_bits=UNIT_SIGMA_BITS, scales=None)
+        out = decode_values(seed, gid, unit, dev, out=out, chunk=chunk, backend=backend)
+        sv = torch.from_numpy(value_scales(g)).to(dev)
+        view = out.view(len(sv), -1)
+        view.mul_(sv[:, None])                  # two separate ops: no fused multiply-add
+        out.add_(torch.tensor(float(check_coding_parameters(g.mu_bits, g.sigma_bits)[0]), dtype=torch.float32,
+                              device=dev))
+        return out
     n, bsz = g.num_values, g.block_size
     mu, sigma = check_coding_parameters(g.mu_bits, g.sigma_bits)
     if out is None:

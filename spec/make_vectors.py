@@ -185,6 +185,18 @@ def valid_vectors() -> dict[str, tuple[Container, list[str]]]:
     v["large_blocks"] = (Container(seed=77, groups=[group(rng, n, 4096, 16, layout=choose_affine(n, 77, 0), mu=1.0, sigma=0.5)],
                                    tensors=[Tensor("w", (n,), "coded", group=0)]),
                          ["block_size 4096 (the cap)", "index_bits 16"])
+    rng = np.random.default_rng(10)
+    sc = group(rng, 6 * 40, 24, 11, layout=choose_affine(240, 12, 0), mu=0.25, sigma=0.5)
+    sc.scales = np.array([float_to_bf16_bits(x) for x in (0.015625, 1.0, 3.0, 0.0703125, 40.0, 2.0 ** -60)],
+                         dtype=np.uint16)
+    sc2 = group(rng, 3 * 5, 4, 3, mu=-1.5, sigma=2.0)
+    sc2.scales = np.array([float_to_bf16_bits(x) for x in (0.5,)], dtype=np.uint16)
+    v["scales"] = (Container(seed=12, groups=[sc, sc2],
+                             tensors=[Tensor("conv.weight", (6, 4, 10), "coded", group=0),
+                                      Tensor("small", (3, 5), "coded", group=1)],
+                             version=(1, 1)),
+                   ["format 1.1", "per-row scales of the coding distribution (affine and contiguous layouts)",
+                    "a scale near the sigma range's lower end"])
     v["graph_stubs"] = (stubs_container(np.random.default_rng(9)),
                         ["format 1.1", "graph stubs: Constant in an If branch, Constant in a Loop body nested in an "
                          "If branch, initializer of a branch, top-level initializer (raw)"])
@@ -210,6 +222,10 @@ def invalid_vectors(valid: dict[str, bytes]) -> dict[str, tuple[bytes, str]]:
                   graph=external_data_graph())
     out["external_data"] = (_unchecked_bytes(c), "external-data")
     out["stub_with_data"] = (_unchecked_bytes(stubs_container(np.random.default_rng(9), with_data=True)), "graph")
+    bad = Container(seed=12, groups=[group(np.random.default_rng(11), 10, 4, 3)],
+                    tensors=[Tensor("w", (10,), "coded", group=0)], version=(1, 1))
+    bad.groups[0].scales = np.array([float_to_bf16_bits(1.0)] * 3, dtype=np.uint16)
+    out["scales_not_dividing"] = (_unchecked_bytes(bad), "scales")
     out["stubs_at_minor_0"] = (_unchecked_bytes(stubs_container(np.random.default_rng(9), version=(1, 0))), "graph")
     return out
 

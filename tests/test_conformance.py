@@ -130,6 +130,12 @@ def _spec_decode(data: bytes) -> dict[str, bytes]:
         mu = np.float32(struct.unpack("<f", struct.pack("<I", grp["mu"]))[0])
         sigma = np.float32(struct.unpack("<f", struct.pack("<I", grp["sigma"] << 16))[0])
         lay = grp["layout"]
+        scales = None
+        if "scales" in grp:  # 1.1: sigma_k = sigma * r[k] for value i, k = i div (n / count)
+            sec = h["sections"][grp["scales"]]
+            count = sec["length"] // 2
+            r = struct.unpack(f"<{count}H", data[sec["offset"]:sec["offset"] + sec["length"]])
+            scales = (count, [sigma * np.float32(struct.unpack("<f", struct.pack("<I", x << 16))[0]) for x in r])
 
         def pi(i):
             return i if lay["kind"] == "contiguous" else (lay["a"] * i + lay["c"]) % n
@@ -140,7 +146,10 @@ def _spec_decode(data: bytes) -> dict[str, bytes]:
             x = _philox((j >> 3, idx[b], b, (0 << 24) | g), key)
             lane = j & 7
             u = (x[lane >> 1] >> (16 * (lane & 1))) & 0xFFFF
-            return mu + sigma * np.float32(table[u])
+            if scales is None:
+                return mu + sigma * np.float32(table[u])
+            count, sk = scales
+            return mu + sk[i // (n // count)] * np.float32(table[u])
 
         members = [t for t in h["tensors"] if t["encoding"] == "coded" and t["group"] == g]
         m = sum(math.prod(t["shape"]) for t in members)
