@@ -1,4 +1,4 @@
-"""Command-line tool `mrc`: inspect, validate, decode and export `.mrc` files.
+"""Command-line tool `mrc`: inspect, validate, decode and export `.mrc` files; compress `.onnx` models.
 
 Exit codes: 0 success; 1 `validate` found problems; 2 the file (or an argument) is unusable:
 a one-line message on stderr, never a traceback.
@@ -72,6 +72,21 @@ def _graph_info(graph: bytes | None) -> dict:
     return out
 
 
+def _placements(c: Container) -> dict[str, str]:
+    """Where each file tensor goes in the graph (format 1.1 stubs), e.g. "constant at graph/node[2]:If_0...";
+    empty when the file has no stub (tensors are then top-level initializers)."""
+    if c.graph is None or tuple(c.version) < (1, 1):
+        return {}
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - onnx is optional
+        return {}
+    from .onnx_graphs import find_stubs
+
+    stubs, _ = find_stubs(onnx.ModelProto.FromString(c.graph).graph, {t.name for t in c.tensors})
+    return {s.name: f"{s.kind} at {s.path}" for s in stubs}
+
+
 def info_dict(c: Container, file_size: int) -> dict:
     """Everything `mrc info` shows, as plain JSON-able values."""
     groups = []
@@ -86,15 +101,20 @@ def info_dict(c: Container, file_size: int) -> dict:
             "block_size": g.block_size, "index_bits": g.index_bits, "num_values": g.num_values,
             "num_blocks": g.num_blocks, "weights": sum(t.numel for t in members),
             "payload_bytes": g.payload_length, "layout": layout, "hashing": bool(g.hashing),
-            "tensors": [t.name for t in members],
+            "tensors": [t.name for t in members], "scales": 0 if g.scales is None else int(len(g.scales)),
         })
+    places = _placements(c)
     tensors = []
     for t in c.tensors:
         entry = {"name": t.name, "shape": list(t.shape), "numel": t.numel, "encoding": t.encoding, "dtype": t.dtype}
         if t.encoding == "coded":
             entry["group"] = t.group
+            g = c.groups[t.group]
+            entry["bits_per_weight"] = g.num_blocks * g.index_bits / max(1, c.group_weights(t.group))
         else:
             entry["section"] = t.section
+        if places:
+            entry["placed"] = places.get(t.name, "top-level initializer")
         tensors.append(entry)
     payload_bits = sum(g.num_blocks * g.index_bits for g in c.groups)
     return {
@@ -150,17 +170,21 @@ def _print_info(path: str, d: dict) -> None:
             layout = "contiguous" if lay["kind"] == "contiguous" else f"affine a={lay['a']} c={lay['c']}"
             rows.append([str(gr["index"]), f"{gr['mu']:.6g}", f"{gr['sigma']:.6g}", str(gr["block_size"]),
                          str(gr["index_bits"]), str(gr["num_values"]), str(gr["weights"]), str(gr["num_blocks"]),
-                         layout, "yes" if gr["hashing"] else "no", ", ".join(_show(n) for n in gr["tensors"])])
+                         layout, "yes" if gr["hashing"] else "no", str(gr["scales"] or "-"),
+                         ", ".join(_show(n) for n in gr["tensors"])])
         for line in _table(rows, ["#", "mu", "sigma", "block", "bits", "values", "weights", "blocks",
-                                  "layout", "hashing", "tensors"]):
+                                  "layout", "hashing", "scales", "tensors"]):
             echo("  " + line)
     if d["tensors"]:
         echo("")
         echo(f"tensors ({len(d['tensors'])})")
         rows = [[_show(t["name"]), "x".join(map(str, t["shape"])) or "scalar", str(t["numel"]), t["encoding"], t["dtype"],
-                 f"group {t['group']}" if t["encoding"] == "coded" else f"section {t['section']}"]
+                 f"group {t['group']}" if t["encoding"] == "coded" else f"section {t['section']}",
+                 f"{t['bits_per_weight']:.3g}" if "bits_per_weight" in t else "-"]
+                + ([_show(t["placed"])] if "placed" in t else [])
                 for t in d["tensors"]]
-        for line in _table(rows, ["name", "shape", "elements", "encoding", "dtype", "source"]):
+        header = ["name", "shape", "elements", "encoding", "dtype", "source", "bits/w"]
+        for line in _table(rows, header + (["placed in graph"] if any("placed" in t for t in d["tensors"]) else [])):
             echo("  " + line)
     if d["metadata"]:
         echo("")
@@ -284,6 +308,79 @@ def export(file: str, output: str, self_decoding: bool) -> None:
     except ValueError as e:  # e.g. a file without a graph
         _fail(f"{file}: cannot export: {e}")
     click.echo(f"wrote {nbytes} bytes to {output}" + (" (self-decoding)" if self_decoding else ""))
+
+
+def _budgets(text: str) -> list[str]:
+    return [b.strip() for b in text.split(",") if b.strip()]
+
+
+@main.command()
+@click.argument("model", type=_EXISTING)
+@click.option("--budget", help="Size of the .mrc file: bytes (65536), KiB/MiB (64KiB, 1.5MiB), or bits per coded "
+              "weight (2bpw).")
+@click.option("--budgets", help="A sweep: comma-separated budgets; writes one file per budget into --output (a "
+              "folder), a table (sweep.md) and a plot (sweep.png) there.")
+@click.option("--calibration", required=True, type=click.Path(exists=True),
+              help="Calibration inputs: an .npz of the model's named inputs (one feed) or a folder of them.")
+@click.option("-o", "--output", required=True, type=click.Path(writable=True),
+              help="Destination .mrc file (with --budgets: a folder).")
+@click.option("--index-bits", default=16, show_default=True, type=click.IntRange(4, 24),
+              help="Bits per block index (K = 2^bits candidates per block): more is closer to the rate-distortion "
+              "bound and slower (coding time doubles per bit).")
+@click.option("--importance", default="activation", show_default=True,
+              type=click.Choice(["activation", "tensor", "uniform"]),
+              help="How weights' importance for the output is measured (see mrcformat.encode.importance).")
+@click.option("--max-feeds", default=64, show_default=True, type=click.IntRange(1, None),
+              help="Calibration feeds used (evenly picked when there are more).")
+@click.option("--min-elements", default=64, show_default=True, type=click.IntRange(1, None),
+              help="Smaller float tensors stay in the graph as they are.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
+@click.option("--json", "as_json", is_flag=True, help="Print the report(s) as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def compress(model: str, budget: str | None, budgets: str | None, calibration: str, output: str, index_bits: int,
+             importance: str, max_feeds: int, min_elements: int, seed: int, as_json: bool, quiet: bool) -> None:
+    """Compress an ONNX model (MODEL.onnx) into a .mrc file, without training.
+
+    Weights are coded wherever they live (initializers, Constant nodes, If/Loop/Scan bodies); the graph
+    comes back unchanged, so the .mrc runs wherever the original ran (mrc export, or
+    mrcformat_runtime.ort.session). Bits go where the calibration inputs show they matter most.
+    """
+    if (budget is None) == (budgets is None):
+        _fail("give exactly one of --budget SIZE or --budgets A,B,C")
+    try:
+        from .encode import onnx_compress as oc
+        from .encode.onnx_ingest import OnnxInputError
+    except ImportError as e:
+        _fail(f"ONNX compression needs onnx and onnxruntime: {e}; install the extra: pip install 'mrcformat[onnx]'")
+    import dataclasses
+
+    opts = dict(index_bits=index_bits, seed=seed)
+    try:
+        an = oc.analyse(model, calibration, importance=importance, min_elements=min_elements, max_feeds=max_feeds,
+                        seed=seed, progress=not quiet)
+        for note in an.notes:
+            click.echo(f"note: {note}", err=True)
+        if budget is not None:
+            reports = [oc.compress_onnx(an, output, budget, progress=not quiet, **opts)]
+        else:
+            out = Path(output)
+            reports = oc.sweep_onnx(an, _budgets(budgets), out_dir=out, plot=out / "sweep.png", progress=not quiet,
+                                    **opts)
+            (out / "sweep.md").write_text(oc.sweep_table(reports) + "\n", encoding="utf-8")
+    except (OnnxInputError, MrcError) as e:
+        _fail(str(e))
+    except ValueError as e:
+        _fail(f"{model}: {e}")
+    except OSError as e:
+        _fail(f"{output}: cannot write: {e.strerror or e}")
+    if as_json:
+        click.echo(json.dumps([{k: v for k, v in dataclasses.asdict(r).items()} for r in reports], indent=2))
+        return
+    for r in reports:
+        click.echo(f"wrote {r.output}: {r.summary()}")
+    if budgets is not None:
+        click.echo(oc.sweep_table(reports))
+        click.echo(f"plot: {Path(output) / 'sweep.png'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

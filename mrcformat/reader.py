@@ -136,7 +136,11 @@ def parse(data: bytes | memoryview, report: Report = _raise, check_graph: bool =
         if n < 8 and bytes(buf[:n]) == MAGIC[:n]:
             report(TruncatedError(f"file is {n} bytes, shorter than the 24-byte preamble", n))
         else:
-            report(BadMagicError(f"expected magic {MAGIC.hex()}, found {bytes(buf[:8]).hex()}", 0))
+            hint = ""
+            if n >= 2 and buf[0] == 0x08 and 1 <= buf[1] <= 20:  # protobuf field 1 varint: an ONNX ir_version
+                hint = ("; this looks like an ONNX model, not a .mrc file: compress it with "
+                        "`mrc compress MODEL.onnx --budget SIZE --calibration INPUTS -o OUT.mrc`")
+            report(BadMagicError(f"expected magic {MAGIC.hex()}, found {bytes(buf[:8]).hex()}{hint}", 0))
         return None
     if n < PREAMBLE_SIZE:
         report(TruncatedError(f"file is {n} bytes, shorter than the 24-byte preamble", n))

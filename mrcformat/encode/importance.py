@@ -1,0 +1,127 @@
+"""Diagonal importance of every weight for the output distortion D of `calibration` (Gao et al. 2019):
+D(w + d) - D(w) ~ sum_i h_i d_i^2 for small, independent errors d.
+
+Estimators (`ESTIMATORS`):
+- "uniform": h = 1 for every weight (plain weight MSE; the baseline).
+- "tensor": one h per tensor, measured: add Gaussian noise of a tenth of the tensor's RMS to that
+  tensor alone, run the calibration feeds in onnxruntime, h = D / (numel * noise variance), averaged over
+  `trials` draws. Works for any operator, inside any subgraph.
+- "activation": "tensor", redistributed inside each tensor read by a top-level MatMul, Gemm or Conv
+  in proportion to the mean square of the input channel the weight multiplies (the diagonal of
+  E[x x^T], the layer-wise Hessian of GPTQ/OBQ); other tensors keep "tensor".
+Weights that the calibration inputs never reach (an If branch not taken) measure h = 0; they get
+`floor` times the median importance instead, so that they are not thrown away.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .calibration import Probe
+
+__all__ = ["ESTIMATORS", "estimate_importance", "tensor_sensitivity"]
+
+ESTIMATORS = ("uniform", "tensor", "activation")
+
+
+def tensor_sensitivity(probe: Probe, *, rel_noise: float = 0.1, trials: int = 2, seed: int = 0,
+                       progress=None) -> np.ndarray:
+    """Measured mean importance of each site's weights (see module doc), float64 [num_sites]."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(probe.sites))
+    for k, s in enumerate(probe.sites):
+        w = s.array
+        rms = float(np.sqrt(np.mean(np.square(w, dtype=np.float64))))
+        sd = rel_noise * (rms if rms > 0 else 1e-3)
+        acc = 0.0
+        for _ in range(trials):
+            noise = rng.standard_normal(w.shape).astype(np.float32) * np.float32(sd)
+            acc += probe.distortion({k: w + noise}) / (w.size * sd * sd)
+        out[k] = acc / trials
+        if progress is not None:
+            progress(1)
+    return out
+
+
+def _activation_profiles(probe: Probe, model) -> dict[int, np.ndarray]:
+    """For sites read as the weight of a top-level MatMul/Gemm/Conv: the per-weight mean square of the
+    input value it multiplies, normalised to mean 1 over the tensor."""
+    from onnx import helper
+
+    index = {s.name: k for k, s in enumerate(probe.sites)}
+    uses: dict[int, tuple] = {}
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or len(node.input) < 2 or node.input[1] not in index:
+            continue
+        k = index[node.input[1]]
+        w = probe.sites[k].array
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "MatMul" and w.ndim == 2:
+            uses[k] = ("matmul", node.input[0], False)
+        elif node.op_type == "Gemm" and w.ndim == 2 and not attrs.get("transA", 0):
+            uses[k] = ("matmul", node.input[0], bool(attrs.get("transB", 0)))
+        elif node.op_type == "Conv" and w.ndim >= 3:
+            uses[k] = ("conv", node.input[0], int(attrs.get("group", 1)))
+    if not uses:
+        return {}
+    # run the probe model with the activations as extra outputs (a fresh session over the same feeds)
+    import onnxruntime as ort
+
+    from .calibration import probe_model
+
+    pm, names = probe_model(model, probe.sites)
+    acts = sorted({u[1] for u in uses.values()})
+    known = {o.name for o in pm.graph.output}
+    pm.graph.output.extend(helper.make_empty_tensor_value_info(a) for a in acts if a not in known)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(pm.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sums: dict[str, np.ndarray] = {}
+    for f in probe.feeds:
+        feed = dict(f)
+        feed.update(zip(names, probe.original))
+        for a, y in zip(acts, sess.run(acts, feed)):
+            y = np.asarray(y, dtype=np.float64)
+            kinds = {u[0] for u in uses.values() if u[1] == a}
+            if "conv" in kinds and y.ndim >= 2:   # channels on axis 1
+                ms = np.mean(np.square(np.moveaxis(y, 1, 0).reshape(y.shape[1], -1)), axis=1)
+            else:                                  # features on the last axis
+                ms = np.mean(np.square(y.reshape(-1, y.shape[-1])), axis=0)
+            sums[a] = sums.get(a, 0) + ms
+    profiles = {}
+    for k, (kind, a, extra) in uses.items():
+        ms = sums[a] / len(probe.feeds)
+        w = probe.sites[k].array
+        if kind == "matmul":
+            p = ms[None, :] if extra else ms[:, None]           # transB: w [N, K]; else w [K, N]
+            if p.size != (w.shape[1] if extra else w.shape[0]):
+                continue
+            prof = np.broadcast_to(p, w.shape)
+        else:
+            groups, cin = extra, w.shape[1]
+            if ms.size != groups * cin:
+                continue
+            per_out = (np.arange(w.shape[0]) // (w.shape[0] // groups))[:, None] * cin + np.arange(cin)[None, :]
+            prof = ms[per_out].reshape(w.shape[:2] + (1,) * (w.ndim - 2))
+            prof = np.broadcast_to(prof, w.shape)
+        mean = float(prof.mean())
+        if mean > 0 and np.isfinite(mean):
+            profiles[k] = np.ascontiguousarray(prof / mean)
+    return profiles
+
+
+def estimate_importance(probe: Probe, model, estimator: str = "tensor", *, floor: float = 0.01, trials: int = 2,
+                        seed: int = 0, progress=None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per-weight importance of every site (float64 arrays of the sites' shapes) and the measured
+    per-tensor means (zeros for "uniform")."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"importance estimator must be one of {ESTIMATORS}, not {estimator!r}")
+    if estimator == "uniform":
+        return [np.ones(s.array.shape) for s in probe.sites], np.zeros(len(probe.sites))
+    per_tensor = tensor_sensitivity(probe, trials=trials, seed=seed, progress=progress)
+    positive = per_tensor[per_tensor > 0]
+    low = floor * (float(np.median(positive)) if positive.size else 1.0)
+    h = [np.full(s.array.shape, max(v, low)) for s, v in zip(probe.sites, per_tensor)]
+    if estimator == "activation":
+        for k, prof in _activation_profiles(probe, model).items():
+            h[k] = np.maximum(h[k] * prof, low * 1e-3)
+    return h, per_tensor

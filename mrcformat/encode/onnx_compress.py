@@ -1,0 +1,332 @@
+"""`compress_onnx`: an ONNX model + calibration inputs -> a `.mrc` file, without training and without torch.
+
+    from mrcformat.encode import compress_onnx
+    report = compress_onnx("model.onnx", "model.mrc", budget="64KiB", calibration="calib/")
+    print(report.summary())
+
+Steps: find the float weights wherever they live (`onnx_ingest`); measure each weight's importance
+for the output on the calibration inputs in onnxruntime (`importance`); water-fill the budget's nats
+over the weights (`rd_allocation`); code every tensor's blocks with the spec's generator, greedy
+choice (`block_coder`); write the graph with stubs where the coded weights were (SPEC.md 7.6, 1.1),
+and measure the decoded model's output distortion on the same inputs.
+`analyse` does the first two once, so a sweep over budgets (`sweep_onnx`) pays for them once.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mrcformat.container import Container, Group, Tensor
+from mrcformat.decoder import decode_group
+from mrcformat.layout import Layout, choose_affine
+from mrcformat.sampler import float_to_bf16_bits, float_to_f32_bits
+from mrcformat.reader import from_bytes
+from mrcformat.writer import save, to_bytes
+
+from .block_coder import code_group
+from .calibration import Probe
+from .importance import estimate_importance
+from .onnx_ingest import OnnxInputError, WeightSite, find_weights, load_onnx, strip
+from .rd_allocation import allocate
+
+__all__ = ["Analysis", "OnnxCompressReport", "analyse", "compress_onnx", "parse_budget", "sweep_onnx"]
+
+
+def parse_budget(text: str | int | float, coded_weights: int) -> tuple[str, float]:
+    """("bytes", file size) for "65536", "64KiB", "1.5MiB", "64kB"; ("bpw", bits per coded weight) for
+    "2bpw" / "2 bits". Raises ValueError with the accepted forms."""
+    if isinstance(text, (int, np.integer)):
+        return "bytes", float(text)
+    s = str(text).strip().lower().replace(" ", "")
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)(b|bytes|kib|mib|kb|mb|k|m|bpw|bits|bit|bits/weight)?", s)
+    if not m:
+        raise ValueError(f"budget {text!r}: give bytes (65536, 64KiB, 1.5MiB, 64kB) or bits per weight (2bpw)")
+    value, unit = float(m.group(1)), m.group(2) or "b"
+    if unit in ("bpw", "bits", "bit", "bits/weight"):
+        return "bpw", value
+    scale = {"b": 1, "bytes": 1, "kib": 1024, "k": 1024, "mib": 1 << 20, "m": 1 << 20, "kb": 1000, "mb": 10**6}[unit]
+    return "bytes", value * scale
+
+
+@dataclass
+class Analysis:
+    """What does not depend on the budget: the model, its weights, the probe and the importances."""
+
+    model: object                       # onnx.ModelProto (untouched)
+    source: str
+    sites: list[WeightSite]
+    notes: list[str]
+    probe: Probe
+    importance: list[np.ndarray]
+    tensor_sensitivity: np.ndarray
+    estimator: str
+    seconds: float
+
+    @property
+    def coded_weights(self) -> int:
+        return sum(s.numel for s in self.sites)
+
+
+@dataclass
+class OnnxCompressReport:
+    output: str | None
+    budget: str
+    file_bytes: int
+    payload_bytes: int
+    coded_weights: int
+    original_bytes: int
+    predicted_distortion: float          # sum h (s^2 + (m - w)^2): expected before coding
+    predicted_actual: float              # sum h (w_hat - w)^2 on the coded weights
+    measured_distortion: float           # D of the decoded model on the calibration inputs
+    seconds: dict = field(default_factory=dict)
+    tensors: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.payload_bytes / max(1, self.coded_weights)
+
+    @property
+    def snr_db(self) -> float:
+        return -10 * math.log10(max(self.measured_distortion, 1e-300))
+
+    def summary(self) -> str:
+        return (f"{self.file_bytes} bytes ({self.original_bytes / max(1, self.file_bytes):.1f}x smaller), "
+                f"{self.coded_weights} weights coded at {self.bits_per_weight:.3f} bits/weight; output distortion "
+                f"predicted {self.predicted_distortion:.3e} (after coding {self.predicted_actual:.3e}), "
+                f"measured {self.measured_distortion:.3e} ({self.snr_db:.1f} dB)")
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="w" if "cod" in desc else "it", unit_scale=True, leave=False)
+
+
+def analyse(model: str | os.PathLike | bytes, calibration, *, importance: str = "activation", min_elements: int = 64,
+            min_ndim: int = 2, max_feeds: int | None = 64, trials: int = 2, seed: int = 0, progress: bool = True) -> Analysis:
+    """Read the model, build the probe over the calibration inputs and estimate importances."""
+    t0 = time.perf_counter()
+    onnx_model = load_onnx(model)
+    sites, notes = find_weights(onnx_model, min_elements, min_ndim)
+    if not sites:
+        raise OnnxInputError(f"{model}: no float32 tensor of at least {min_elements} elements to code")
+    probe = Probe(onnx_model, sites, calibration, max_feeds=max_feeds)
+    bar = _bar(len(sites), "importance", progress and importance != "uniform")
+    h, sens = estimate_importance(probe, onnx_model, importance, trials=trials, seed=seed,
+                                  progress=bar.update if bar else None)
+    if bar:
+        bar.close()
+    unreached = [s.name for s, v in zip(sites, sens) if importance != "uniform" and v == 0]
+    if unreached:
+        notes.append(f"{len(unreached)} tensors ({sum(s.numel for s in sites if s.name in unreached)} weights) do not "
+                     f"affect the outputs on these calibration inputs (e.g. {unreached[0]!r}); they get the floor "
+                     f"importance: add inputs that reach them if they matter")
+    return Analysis(onnx_model, str(model) if not isinstance(model, (bytes, bytearray)) else "<bytes>", sites, notes,
+                    probe, h, sens, importance, time.perf_counter() - t0)
+
+
+def _container(analysis: Analysis, groups: list[Group], seed: int, metadata: dict) -> Container:
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(analysis.model)
+    from .calibration import _locate
+
+    located = list(_locate(m, analysis.sites))
+    strip([WeightSite(name, None, node.attribute[0].t if node is not None else t, "", "")
+           for name, _, node, t in located])
+    tensors = [Tensor(s.name, tuple(int(d) for d in s.array.shape), "coded", group=i)
+               for i, s in enumerate(analysis.sites)]
+    return Container(seed=seed, groups=groups, tensors=tensors, graph=m.SerializeToString(), metadata=metadata,
+                     version=(1, 1))
+
+
+def scale_rows(shape: tuple[int, ...], min_run: int = 64) -> int:
+    """How many coding scales a tensor gets (SPEC.md 4.2 group scales): one per row (C order, axis 0),
+    or per run of rows where rows are short, so that each scale (2 bytes) covers >= `min_run` values."""
+    n = int(np.prod(shape, dtype=np.int64))
+    rows = int(shape[0]) if len(shape) >= 2 else 1
+    while rows > 1 and n // rows < min_run:
+        rows = next(d for d in range(rows - 1, 0, -1) if shape[0] % d == 0)
+    return max(1, rows)
+
+
+def _groups_for(analysis: Analysis, nb_blocks: list[tuple[int, int]], index_bits: int, seed: int,
+                allocs=None, rows: list[int] | None = None) -> list[Group]:
+    groups = []
+    for gid, (s, (nb, bsz)) in enumerate(zip(analysis.sites, nb_blocks)):
+        n = s.numel
+        mu = allocs[gid].mu if allocs else np.float32(0)
+        count = allocs[gid].rows if allocs else (rows[gid] if rows else 1)
+        sp = allocs[gid].sigma_p if allocs else np.ones(count, dtype=np.float32)
+        if count == 1:
+            sigma_bits, scales = float_to_bf16_bits(float(sp[0])), None
+        else:  # sigma = 1 (exact), one bfloat16 scale per row: sigma_k = scale_k
+            sigma_bits = float_to_bf16_bits(1.0)
+            scales = np.array([float_to_bf16_bits(float(x)) for x in sp], dtype=np.uint16)
+        groups.append(Group(float_to_f32_bits(float(mu)), sigma_bits, bsz, index_bits, n,
+                            choose_affine(n, seed, gid), False, np.zeros(nb, dtype=np.int64), scales))
+    return groups
+
+
+def compress_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.PathLike | None, budget,
+                  calibration=None, *, index_bits: int = 16, importance: str = "activation", min_elements: int = 64,
+                  max_feeds: int | None = 64, seed: int = 0, kl_per_block: float = 1.0, greedy: bool = True,
+                  centre: bool = True, per_row: bool = True, selection: str = "distortion",
+                  progress: bool = True) -> OnnxCompressReport:
+    """Compress an ONNX model to `output` (a `.mrc` path; None: do not write) within `budget` (file bytes
+    as 65536 / "64KiB", or "2bpw" bits per coded weight). `model` may be an `Analysis` from `analyse`
+    (then `calibration` is not needed). `per_row`: a coding scale per row of each tensor (format 1.1
+    group scales) rather than one per tensor. Returns the report; see the module doc."""
+    if not 1 <= index_bits <= 24:
+        raise ValueError("index_bits must be within 1..24 for the post-training coder")
+    an = model if isinstance(model, Analysis) else analyse(model, calibration, importance=importance,
+                                                          min_elements=min_elements, max_feeds=max_feeds, seed=seed,
+                                                          progress=progress)
+    t0 = time.perf_counter()
+    kind, value = parse_budget(budget, an.coded_weights)
+    ws = [s.array for s in an.sites]
+    mus = [float(np.float32(np.mean(w, dtype=np.float64))) if centre else 0.0 for w in ws]
+    meta = {"source": Path(an.source).name if an.source != "<bytes>" else an.source, "encoder": "mrcformat post-training",
+            "importance": an.estimator, "budget": str(budget)}
+    rows = [scale_rows(s.array.shape) if per_row else 1 for s in an.sites]
+    smallest = [(-(-s.numel // 4096), 4096) for s in an.sites]
+    shell = to_bytes(_container(an, _groups_for(an, smallest, index_bits, seed, rows=rows), seed, meta))
+    if kind == "bpw":
+        payload = int(value * an.coded_weights // 8)
+    else:
+        payload = int(value) - len(shell) + sum(g.payload_length for g in from_bytes(shell).groups)
+    if payload <= 0:
+        raise ValueError(f"budget {budget!r} leaves no room for the indices: the graph and header alone take "
+                         f"{len(shell)} bytes")
+    best = None
+    tried: set[int] = set()
+    lam = None
+    for _ in range(4):  # the header and section padding move a little with the allocation: settle on the target
+        tried.add(payload)
+        allocs = allocate(ws, an.importance, payload, index_bits, mus=mus, rows=rows, kl_per_block=kl_per_block,
+                          lam_hint=lam)
+        lam = allocs[0].lam
+        c = _container(an, _groups_for(an, [(g.num_blocks, g.block_size) for g in allocs], index_bits, seed, allocs),
+                       seed, meta)
+        size = len(to_bytes(c))
+        if kind == "bpw":
+            best = (size, c, allocs)
+            break
+        if size <= value and (best is None or size > best[0]):
+            best = (size, c, allocs)
+        gap = int(value) - size
+        if 0 <= gap < 64:
+            break
+        nxt = max(1, payload + gap)
+        if nxt in tried:
+            break
+        payload = nxt
+    if best is None:
+        raise ValueError(f"could not fit budget {budget!r}")
+    _, c, allocs = best
+    notes = list(an.notes)
+    if all(g.block_size == 1 for g in c.groups) and (kind == "bpw" or value - best[0] >= 64):
+        notes.append(f"the budget is more than {index_bits}-bit indices can use (one block per weight, "
+                     f"{best[0]} bytes); raise --index-bits to spend it")
+    t_alloc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bar = _bar(an.coded_weights, "coding", progress)
+    for gid, (g, a) in enumerate(zip(c.groups, allocs)):
+        g.indices = code_group(seed, gid, a.mean, a.std, float(a.mu), a.value_sigma(), g.block_size, index_bits,
+                               g.layout, selection=selection, target=an.sites[gid].array,
+                               importance=an.importance[gid], greedy=greedy, progress=bar.update if bar else None)
+    if bar:
+        bar.close()
+    t_code = time.perf_counter() - t0
+    data = to_bytes(c)
+    if output is not None:
+        save(c, output)
+    t0 = time.perf_counter()
+    decoded = {}
+    pred_exp = pred_act = 0.0
+    tensors = []
+    for gid, (s, a, h) in enumerate(zip(an.sites, allocs, an.importance)):
+        w = s.array.reshape(-1).astype(np.float64)
+        hf = h.reshape(-1)
+        what = decode_group(c, gid).reshape(s.array.shape)
+        decoded[gid] = what
+        err = what.reshape(-1).astype(np.float64) - w
+        pe = float(np.sum(hf * (a.std ** 2 + (a.mean - w) ** 2)))
+        pa = float(np.sum(hf * err * err))
+        pred_exp += pe
+        pred_act += pa
+        tensors.append({"name": s.name, "where": s.path, "kind": s.kind, "shape": list(s.array.shape), "numel": s.numel,
+                        "block_size": c.groups[gid].block_size, "blocks": c.groups[gid].num_blocks,
+                        "bits_per_weight": c.groups[gid].num_blocks * index_bits / s.numel,
+                        "kl_nats": a.kl, "scales": a.rows, "sigma_p_median": float(np.median(a.sigma_p)),
+                        "mu": float(a.mu),
+                        "importance": float(np.mean(hf)), "predicted": pe, "predicted_actual": pa,
+                        "rms_error": float(np.sqrt(np.mean(err * err)))})
+    measured = an.probe.distortion(decoded)
+    original_bytes = an.model.ByteSize()
+    return OnnxCompressReport(str(output) if output is not None else None, str(budget), len(data),
+                              sum(g.payload_length for g in c.groups), an.coded_weights, original_bytes, pred_exp,
+                              pred_act, measured, {"analyse": an.seconds, "allocate": t_alloc, "code": t_code,
+                                                   "measure": time.perf_counter() - t0},
+                              tensors, notes)
+
+
+def sweep_onnx(model, budgets: list, calibration=None, out_dir: str | os.PathLike | None = None, *,
+               plot: str | os.PathLike | None = None, **kwargs) -> list[OnnxCompressReport]:
+    """compress_onnx at every budget (importance measured once); writes `<stem>-<budget>.mrc` files to
+    `out_dir` (if given), and the fidelity-size curve to `plot` (if given)."""
+    opts = {k: kwargs.pop(k) for k in ("importance", "min_elements", "min_ndim", "max_feeds", "progress") if k in kwargs}
+    an = model if isinstance(model, Analysis) else analyse(model, calibration, seed=kwargs.get("seed", 0), **opts)
+    stem = Path(an.source).stem if an.source != "<bytes>" else "model"
+    reports = []
+    for b in budgets:
+        out = None
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            out = Path(out_dir) / f"{stem}-{str(b).replace('/', '_')}.mrc"
+        reports.append(compress_onnx(an, out, b, progress=opts.get("progress", True), **kwargs))
+    if plot is not None:
+        plot_sweep(reports, plot, title=stem)
+    return reports
+
+
+def sweep_table(reports: list[OnnxCompressReport]) -> str:
+    rows = ["| budget | file bytes | bits/weight | predicted D | predicted D (coded) | measured D | SNR dB | code s |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        rows.append(f"| {r.budget} | {r.file_bytes} | {r.bits_per_weight:.3f} | {r.predicted_distortion:.3e} | "
+                    f"{r.predicted_actual:.3e} | {r.measured_distortion:.3e} | {r.snr_db:.1f} | {r.seconds['code']:.1f} |")
+    return "\n".join(rows)
+
+
+def plot_sweep(reports: list[OnnxCompressReport], path: str | os.PathLike, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [r.file_bytes / 1024 for r in reports]
+    ax.plot(x, [r.measured_distortion for r in reports], "o-", label="measured")
+    ax.plot(x, [r.predicted_distortion for r in reports], "s--", label="predicted (allocation)")
+    ax.plot(x, [r.predicted_actual for r in reports], "^:", label="predicted (coded weights)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("file size (KiB)")
+    ax.set_ylabel("output distortion D (relative MSE)")
+    ax.set_title(f"mrc compress {title}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
