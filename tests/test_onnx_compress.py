@@ -288,3 +288,19 @@ def test_lenet5_compresses_and_keeps_its_accuracy(tmp_path):
     original = acc(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
     compressed = acc(session(out))
     assert compressed >= original - 0.01, (original, compressed, r.summary())
+
+
+def test_self_decoding_export_of_a_compressed_model(nested, tmp_path):
+    """The standalone self-decoding .onnx (graph converted to opset 18, stubs fed by Identity nodes from
+    the in-graph decoder) gives the plain export's outputs."""
+    from mrcformat_runtime.onnx_export import export
+
+    out = tmp_path / "n.mrc"
+    compress_onnx(nested, out, "5bpw", _feeds(), index_bits=8, progress=False)
+    export(out, tmp_path / "plain.onnx")
+    export(out, tmp_path / "self.onnx", self_decoding=True)
+    plain = ort.InferenceSession(str(tmp_path / "plain.onnx"), providers=["CPUExecutionProvider"])
+    selfd = ort.InferenceSession(str(tmp_path / "self.onnx"), providers=["CPUExecutionProvider"])
+    for flag in (True, False):
+        feed = {"x": np.random.default_rng(2).standard_normal((5, 16)).astype(np.float32), "flag": np.array(flag)}
+        np.testing.assert_array_equal(plain.run(None, feed)[0], selfd.run(None, feed)[0])

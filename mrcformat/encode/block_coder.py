@@ -17,26 +17,16 @@ __all__ = ["code_group"]
 _SCORE_BYTES = 1 << 26  # float64 scores held at once
 
 
-SELECTIONS = ("distortion", "importance")
-
-
 def code_group(seed: int, gid: int, mean: np.ndarray, std: np.ndarray, mu: float, value_sigma: np.ndarray,
-               block_size: int, index_bits: int, layout: Layout, *, selection: str = "distortion",
-               target: np.ndarray | None = None, importance: np.ndarray | None = None, greedy: bool = True,
-               progress=None) -> np.ndarray:
+               block_size: int, index_bits: int, layout: Layout, *, greedy: bool = True, progress=None) -> np.ndarray:
     """Indices (int64 [num_blocks]) of a group whose candidates come from p = N(mu, value_sigma^2)
-    (per value: the group's sigma times its row's scale).
+    (per value: the group's sigma times its row's scale), chosen by the MIRACLE rule for the posterior
+    q = N(mean, std^2): the largest log q(x) - log p(x) (greedy), or one sampled by those weights.
 
-    selection "importance" (MIRACLE): the candidate with the largest log q(x) - log p(x) for the
-    posterior q = N(mean, std^2) (greedy), or one sampled by those weights. "distortion": the candidate
-    closest to `target` (the pretrained weights) in the `importance`-weighted squared error, which is
-    what a post-training coder minimises: a random codebook from p searched for the best match.
-
-    Scores are computed on the unit scale: log q(x) - log p(x) and the weighted error do not change
-    their argmax when x, q and p are divided by the same sigma_k, so candidates are the table values
-    T[u] (mu = 0, sigma = 1)."""
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, not {selection!r}")
+    Scores are computed on the unit scale: log q(x) - log p(x) does not change when x, q and p are
+    divided by the same sigma_k, so candidates are the table values T[u] (mu = 0, sigma = 1). (For the
+    closed-form posterior of `rd_allocation` with shrink=True, the greedy choice is exactly the candidate
+    with the least importance-weighted squared error to the weights.)"""
     n = mean.size
     nb = -(-n // block_size)
     pos = positions(layout, 0, n, n)
@@ -44,17 +34,8 @@ def code_group(seed: int, gid: int, mean: np.ndarray, std: np.ndarray, mu: float
     slot_mean = np.zeros(nb * block_size)
     slot_logstd = np.zeros(nb * block_size)
     valid = np.zeros(nb * block_size, dtype=bool)
-    if selection == "importance":
-        slot_mean[pos] = (np.asarray(mean, dtype=np.float64) - float(mu)) / sig
-        slot_logstd[pos] = np.log(np.asarray(std, dtype=np.float64) / sig)
-        sigma_p = 1.0
-    else:  # -(x - w)^2 h / 2 on the unit scale: a Gaussian score with std 1 / sqrt(h) / sigma_k, no p term
-        h = np.maximum(np.asarray(importance, dtype=np.float64).reshape(-1), 1e-300)
-        slot_mean[pos] = (np.asarray(target, dtype=np.float64).reshape(-1) - float(mu)) / sig
-        slot_logstd[pos] = -0.5 * np.log(h) - np.log(sig)
-        slot_logstd[pos] -= slot_logstd[pos].max()  # a common shift: the argmax does not move
-        sigma_p = 1e150  # log p(x) = -x^2 / (2 sigma_p^2) + c vanishes
-        greedy = True
+    slot_mean[pos] = (np.asarray(mean, dtype=np.float64) - float(mu)) / sig
+    slot_logstd[pos] = np.log(np.asarray(std, dtype=np.float64) / sig)
     valid[pos] = True
     slot_mean = slot_mean.reshape(nb, block_size)
     slot_logstd = slot_logstd.reshape(nb, block_size)
@@ -66,7 +47,7 @@ def code_group(seed: int, gid: int, mean: np.ndarray, std: np.ndarray, mu: float
         b1 = min(nb, b0 + rows)
         blocks = np.arange(b0, b1, dtype=np.int64)
         lw = kernels.score_blocks(seed, gid, blocks, block_size, 0.0, 1.0, slot_mean[b0:b1], slot_logstd[b0:b1],
-                                  valid[b0:b1], sigma_p, 0, k)
+                                  valid[b0:b1], 1.0, 0, k)
         if greedy:
             out[b0:b1] = np.argmax(lw, axis=1)
         else:

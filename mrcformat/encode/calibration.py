@@ -188,13 +188,22 @@ class Probe:
     def outputs(self, weights: list[np.ndarray], feed_index: int):
         return self._run(weights, self.feeds[feed_index])
 
-    def distortion(self, overrides: Mapping[int, np.ndarray]) -> float:
-        """D (module doc) with weights `overrides` {site index: array}, the rest original."""
+    def subset(self, count: int | None) -> list[int]:
+        """`count` feed indices spread evenly over the feeds (all when count is None or larger)."""
+        n = len(self.feeds)
+        if count is None or count >= n:
+            return list(range(n))
+        return sorted(set(np.linspace(0, n - 1, max(1, count)).round().astype(int).tolist()))
+
+    def distortion(self, overrides: Mapping[int, np.ndarray], feeds: list[int] | None = None) -> float:
+        """D (module doc) with weights `overrides` {site index: array}, the rest original; over the feeds
+        `feeds` (indices; default all)."""
         weights = list(self.original)
         for k, v in overrides.items():
             weights[k] = np.asarray(v, dtype=np.float32).reshape(self.original[k].shape)
+        which = range(len(self.feeds)) if feeds is None else feeds
         total = 0.0
-        for f, ref, norms in zip(self.feeds, self.reference, self._norm):
-            ys = self._run(weights, f)
-            total += sum(float(np.mean(np.square(y - r))) / n for y, r, n in zip(ys, ref, norms))
-        return total / len(self.feeds)
+        for i in which:
+            ys = self._run(weights, self.feeds[i])
+            total += sum(float(np.mean(np.square(y - r))) / n for y, r, n in zip(ys, self.reference[i], self._norm[i]))
+        return total / len(which)

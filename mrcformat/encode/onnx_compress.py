@@ -112,7 +112,8 @@ def _bar(total: int, desc: str, enabled: bool):
 
 
 def analyse(model: str | os.PathLike | bytes, calibration, *, importance: str = "activation", min_elements: int = 64,
-            min_ndim: int = 2, max_feeds: int | None = 64, trials: int = 2, seed: int = 0, progress: bool = True) -> Analysis:
+            min_ndim: int = 2, max_feeds: int | None = 64, importance_feeds: int | None = 16, trials: int = 2,
+            seed: int = 0, progress: bool = True) -> Analysis:
     """Read the model, build the probe over the calibration inputs and estimate importances."""
     t0 = time.perf_counter()
     onnx_model = load_onnx(model)
@@ -121,7 +122,7 @@ def analyse(model: str | os.PathLike | bytes, calibration, *, importance: str = 
         raise OnnxInputError(f"{model}: no float32 tensor of at least {min_elements} elements to code")
     probe = Probe(onnx_model, sites, calibration, max_feeds=max_feeds)
     bar = _bar(len(sites), "importance", progress and importance != "uniform")
-    h, sens = estimate_importance(probe, onnx_model, importance, trials=trials, seed=seed,
+    h, sens = estimate_importance(probe, onnx_model, importance, trials=trials, seed=seed, feeds=importance_feeds,
                                   progress=bar.update if bar else None)
     if bar:
         bar.close()
@@ -181,12 +182,17 @@ def _groups_for(analysis: Analysis, nb_blocks: list[tuple[int, int]], index_bits
 def compress_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.PathLike | None, budget,
                   calibration=None, *, index_bits: int = 16, importance: str = "activation", min_elements: int = 64,
                   max_feeds: int | None = 64, seed: int = 0, kl_per_block: float = 1.0, greedy: bool = True,
-                  centre: bool = True, per_row: bool = True, selection: str = "distortion",
+                  centre: bool = True, per_row: bool = True, shrink: bool = False,
                   progress: bool = True) -> OnnxCompressReport:
     """Compress an ONNX model to `output` (a `.mrc` path; None: do not write) within `budget` (file bytes
     as 65536 / "64KiB", or "2bpw" bits per coded weight). `model` may be an `Analysis` from `analyse`
     (then `calibration` is not needed). `per_row`: a coding scale per row of each tensor (format 1.1
-    group scales) rather than one per tensor. Returns the report; see the module doc."""
+    group scales) rather than one per tensor. `shrink`: q's means from the rate-distortion closed form
+    (pulled towards the coding mean where bits are scarce) instead of the pretrained weights. Measured on
+    LeNet-5 (bench/results/importance_lenet5.md): centred q's (the default) give 3-7x less output
+    distortion from 20 KiB up, shrunk ones do better only at the lowest rates, where the network is already
+    broken; the diagonal model cannot see that shrinking a whole row changes the output coherently.
+    Returns the report; see the module doc."""
     if not 1 <= index_bits <= 24:
         raise ValueError("index_bits must be within 1..24 for the post-training coder")
     an = model if isinstance(model, Analysis) else analyse(model, calibration, importance=importance,
@@ -214,7 +220,7 @@ def compress_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
     for _ in range(4):  # the header and section padding move a little with the allocation: settle on the target
         tried.add(payload)
         allocs = allocate(ws, an.importance, payload, index_bits, mus=mus, rows=rows, kl_per_block=kl_per_block,
-                          lam_hint=lam)
+                          lam_hint=lam, shrink=shrink)
         lam = allocs[0].lam
         c = _container(an, _groups_for(an, [(g.num_blocks, g.block_size) for g in allocs], index_bits, seed, allocs),
                        seed, meta)
@@ -243,8 +249,7 @@ def compress_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
     bar = _bar(an.coded_weights, "coding", progress)
     for gid, (g, a) in enumerate(zip(c.groups, allocs)):
         g.indices = code_group(seed, gid, a.mean, a.std, float(a.mu), a.value_sigma(), g.block_size, index_bits,
-                               g.layout, selection=selection, target=an.sites[gid].array,
-                               importance=an.importance[gid], greedy=greedy, progress=bar.update if bar else None)
+                               g.layout, greedy=greedy, progress=bar.update if bar else None)
     if bar:
         bar.close()
     t_code = time.perf_counter() - t0
@@ -285,7 +290,8 @@ def sweep_onnx(model, budgets: list, calibration=None, out_dir: str | os.PathLik
                plot: str | os.PathLike | None = None, **kwargs) -> list[OnnxCompressReport]:
     """compress_onnx at every budget (importance measured once); writes `<stem>-<budget>.mrc` files to
     `out_dir` (if given), and the fidelity-size curve to `plot` (if given)."""
-    opts = {k: kwargs.pop(k) for k in ("importance", "min_elements", "min_ndim", "max_feeds", "progress") if k in kwargs}
+    opts = {k: kwargs.pop(k) for k in ("importance", "min_elements", "min_ndim", "max_feeds", "importance_feeds",
+                                       "trials", "progress") if k in kwargs}
     an = model if isinstance(model, Analysis) else analyse(model, calibration, seed=kwargs.get("seed", 0), **opts)
     stem = Path(an.source).stem if an.source != "<bytes>" else "model"
     reports = []

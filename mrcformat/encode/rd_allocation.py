@@ -62,16 +62,13 @@ def _bf16(x) -> np.ndarray:
     return b.astype(np.uint32).view(np.float32)
 
 
-SHRINK = True  # move q's mean towards mu where that saves more nats than it costs distortion
-
-
-def group_posterior(w: np.ndarray, h: np.ndarray, mu: float, sp, lam: float):
+def group_posterior(w: np.ndarray, h: np.ndarray, mu: float, sp, lam: float, shrink: bool = True):
     """(m, s, kl_total) for one group at multiplier `lam`; `sp` is the prior scale of every value
-    (scalar or an array like w)."""
+    (scalar or an array like w). shrink=False keeps q centred on w (m = w; s as above)."""
     sp2 = np.square(sp)
     denom = 2.0 * h * sp2 + lam
     s2 = lam * sp2 / denom
-    r = 2.0 * h * sp2 / denom if SHRINK else 1.0
+    r = 2.0 * h * sp2 / denom if shrink else 1.0
     d = r * (w - mu)
     s2 = np.maximum(s2, sp2 * 1e-30)
     kl = 0.5 * np.log(sp2 / s2) + (s2 + d * d) / (2.0 * sp2) - 0.5
@@ -84,13 +81,14 @@ def group_posterior(w: np.ndarray, h: np.ndarray, mu: float, sp, lam: float):
 REACH = 3.0
 
 
-def _prior_scales(w: np.ndarray, h: np.ndarray, mu: float, lam: float, rows: int, iters: int = 8) -> np.ndarray:
+def _prior_scales(w: np.ndarray, h: np.ndarray, mu: float, lam: float, rows: int, shrink: bool,
+                  iters: int = 8) -> np.ndarray:
     """KL-optimal prior scale of each row (mean of (m - mu)^2 + s^2 over the row, at least its largest
     |m - mu| / REACH), by fixed-point iteration; rounded to bfloat16."""
     wr, hr = (w - mu).reshape(rows, -1), h.reshape(rows, -1)
     sp = np.sqrt(np.maximum(np.mean(wr * wr, axis=1), 1e-30))
     for _ in range(iters):
-        m, s, _ = group_posterior(wr, hr, 0.0, sp[:, None], lam)
+        m, s, _ = group_posterior(wr, hr, 0.0, sp[:, None], lam, shrink)
         new = np.sqrt(np.maximum(np.mean(m * m + s * s, axis=1), 1e-30))
         new = np.maximum(new, np.max(np.abs(m), axis=1) / REACH)
         done = np.all(np.abs(new - sp) <= 1e-6 * sp)
@@ -100,9 +98,10 @@ def _prior_scales(w: np.ndarray, h: np.ndarray, mu: float, lam: float, rows: int
     return _bf16(sp)
 
 
-def solve_group(w: np.ndarray, h: np.ndarray, mu: float, lam: float, rows: int = 1) -> GroupAllocation:
-    sp = _prior_scales(w, h, mu, lam, rows)
-    m, s, kl = group_posterior(w, h, mu, np.repeat(sp.astype(np.float64), w.size // rows), lam)
+def solve_group(w: np.ndarray, h: np.ndarray, mu: float, lam: float, rows: int = 1,
+                shrink: bool = True) -> GroupAllocation:
+    sp = _prior_scales(w, h, mu, lam, rows, shrink)
+    m, s, kl = group_posterior(w, h, mu, np.repeat(sp.astype(np.float64), w.size // rows), lam, shrink)
     return GroupAllocation(np.float32(mu), sp, m, s, kl, lam=lam)
 
 
@@ -142,12 +141,13 @@ def _bisect(f, target: float, lo: float = 1e-30, hi: float = 1e30, iters: int = 
 
 def allocate(weights: list[np.ndarray], importance: list[np.ndarray], payload_bytes: int, index_bits: int,
              *, mus: list[float] | None = None, rows: list[int] | None = None,
-             kl_per_block: float = 1.0, lam_hint: float | None = None) -> list[GroupAllocation]:
+             kl_per_block: float = 1.0, lam_hint: float | None = None, shrink: bool = True) -> list[GroupAllocation]:
     """Posteriors and block counts of every group (one per tensor) whose packed indices fit
     `payload_bytes` (and use all but less than one block of each group's byte rounding of it).
 
     kl_per_block: KL each block carries, as a fraction of its index width (1.0: index_bits * ln 2).
     rows: prior scales per group (each must divide the group's size; 1: one scale for the group).
+    shrink: q's means as the closed form says (True), or kept at the weights (False: see compress_onnx).
     """
     ws = [np.asarray(w, dtype=np.float64).reshape(-1) for w in weights]
     hs = [np.maximum(np.asarray(h, dtype=np.float64).reshape(-1), 0.0) for h in importance]
@@ -164,12 +164,12 @@ def allocate(weights: list[np.ndarray], importance: list[np.ndarray], payload_by
     target = total_blocks * per_block
 
     def total_kl(lam: float) -> float:
-        return sum(solve_group(w, h, mu, lam, r).kl for w, h, mu, r in zip(ws, hs, mus, rows))
+        return sum(solve_group(w, h, mu, lam, r, shrink).kl for w, h, mu, r in zip(ws, hs, mus, rows))
 
     if lam_hint is None:  # the multiplier's natural scale: 2 h var(w), where a weight's rate is about 1/2 nat
         lam_hint = 2.0 * float(np.median(np.concatenate(hs))) * float(np.mean(np.concatenate(ws) ** 2)) or 1.0
     lam = _bisect(total_kl, target, *_bracket(lam_hint), rtol=1e-3)  # it only decides the split of the blocks
-    sol = [solve_group(w, h, mu, lam, r) for w, h, mu, r in zip(ws, hs, mus, rows)]
+    sol = [solve_group(w, h, mu, lam, r, shrink) for w, h, mu, r in zip(ws, hs, mus, rows)]
     # blocks in proportion to each group's KL (largest remainder), within [min_blocks, n]
     share = np.array([g.kl for g in sol]) / per_block
     nb = np.clip(np.floor(share).astype(np.int64), min_blocks, ns)
@@ -197,8 +197,9 @@ def allocate(weights: list[np.ndarray], importance: list[np.ndarray], payload_by
         bsz = _bsz(n, int(b))
         real = num_blocks(n, bsz)
         g_target = real * per_block
-        lam_g = _bisect(lambda x, w=w, h=h, mu=mu, r=r: solve_group(w, h, mu, x, r).kl, g_target, *_bracket(lam), rtol=1e-4)
-        g = solve_group(w, h, mu, lam_g, r)
+        lam_g = _bisect(lambda x, w=w, h=h, mu=mu, r=r: solve_group(w, h, mu, x, r, shrink).kl, g_target,
+                        *_bracket(lam), rtol=1e-4)
+        g = solve_group(w, h, mu, lam_g, r, shrink)
         g.num_blocks, g.block_size = real, bsz
         out.append(g)
     return out
