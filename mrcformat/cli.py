@@ -55,10 +55,10 @@ def _load(path: str) -> tuple[Container, int]:
 
 # ---------------------------------------------------------------------------------------------- info
 
-def _graph_info(graph: bytes | None) -> dict:
+def _graph_info(graph: bytes | None, deflated: bool = False) -> dict:
     if graph is None:
         return {"present": False}
-    out: dict = {"present": True, "bytes": len(graph)}
+    out: dict = {"present": True, "bytes": len(graph), "deflated": deflated}
     try:
         import onnx
     except ImportError:  # pragma: no cover - onnx is optional
@@ -130,7 +130,7 @@ def info_dict(c: Container, file_size: int) -> dict:
         "raw_bytes": sum(t.data.nbytes for t in c.tensors if t.encoding == "raw" and t.data is not None),
         "groups": groups,
         "tensors": tensors,
-        "graph": _graph_info(c.graph),
+        "graph": _graph_info(c.graph, c.graph_deflate),
         "metadata": dict(c.metadata),
     }
 
@@ -158,7 +158,7 @@ def _print_info(path: str, d: dict) -> None:
         extra = ""
         if "opset" in g:
             extra = ", opset " + ", ".join(f"{k} {v}" for k, v in sorted(g["opset"].items())) + f", {g['nodes']} nodes"
-        echo(f"graph           {g['bytes']} bytes{extra}")
+        echo(f"graph           {g['bytes']} bytes{' (zlib-compressed in the file)' if g['deflated'] else ''}{extra}")
     else:
         echo("graph           none")
     if d["groups"]:

@@ -98,6 +98,7 @@ class Container:
     graph: bytes | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     version: tuple[int, int] = WRITE_VERSION
+    graph_deflate: bool = False  # 1.1: store the graph zlib-compressed (header field graph_size); set by the reader
 
     def tensor(self, name: str) -> Tensor:
         for t in self.tensors:

@@ -170,6 +170,8 @@ def parse(data: bytes | memoryview, report: Report = _raise, check_graph: bool =
 
 
 _TOP = ("sampler", "seed", "groups", "tensors", "indices", "graph", "sections", "metadata")
+_TOP_1_1 = _TOP + ("graph_size",)
+MAX_GRAPH_SIZE = 2**31 - 1  # protobuf's own limit for a message
 _GROUP = ("mu", "sigma", "block_size", "index_bits", "num_values", "layout", "hashing")
 _GROUP_1_1 = _GROUP + ("scales",)
 _TENSOR_CODED = ("name", "shape", "encoding", "group")
@@ -179,7 +181,8 @@ _SECTION = ("kind", "offset", "length", "crc32")
 
 def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, report: Report,
                   check_graph: bool, max_decoded_bytes: int | None) -> Container | None:
-    top = _Fields(obj, "", report, _TOP, strict)
+    v11 = tuple(version) >= (1, 1)
+    top = _Fields(obj, "", report, _TOP_1_1 if v11 else _TOP, strict)
     sampler = top.get("sampler", lambda v: isinstance(v, str), "a string")
     if sampler is not None and sampler != SAMPLER:
         report(UnknownSamplerError(f"sampler {sampler!r} is not defined; version 1 defines {SAMPLER!r}", "sampler"))
@@ -197,9 +200,14 @@ def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, repo
     isec = top.int("indices", 0, max(nsec - 1, 0), SectionReferenceError, optional_nil=True)
     gsec = top.int("graph", 0, max(nsec - 1, 0), SectionReferenceError, optional_nil=True)
     metadata = _parse_metadata(top, report)
+    graph_size = None
+    if v11 and top.is_map and "graph_size" in top.obj:
+        graph_size = top.int("graph_size", 1, MAX_GRAPH_SIZE, LimitError)
+        if graph_size is not None and gsec is None:
+            report(FieldValueError("graph_size is given but the file has no graph", "graph_size"))
+            graph_size = None
 
     sections = _parse_sections(slist, buf, n, hend, strict, report)
-    v11 = tuple(version) >= (1, 1)
     scale_refs: dict[int, int] = {}
     groups = [_parse_group(i, g, strict, report, v11, nsec, scale_refs) for i, g in enumerate(glist)]
     tensors = _parse_tensors(tlist, len(groups), nsec, strict, report)
@@ -304,11 +312,15 @@ def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, repo
     if gsec is not None:
         _, off, length = sections[gsec]
         graph = bytes(buf[off:off + length])
-        if check_graph:
+        if graph_size is not None:
+            graph = _inflate_graph(graph, graph_size, max_decoded_bytes, f"sections[{gsec}]", report)
+            ok &= graph is not None
+        if check_graph and graph is not None:
             ok &= _check_graph(graph, tensors, f"sections[{gsec}]", report, version)
     if not ok:
         return None
-    return Container(seed=seed, groups=groups, tensors=tensors, graph=graph, metadata=metadata, version=version)
+    return Container(seed=seed, groups=groups, tensors=tensors, graph=graph, metadata=metadata, version=version,
+                     graph_deflate=graph_size is not None)
 
 
 def _parse_metadata(top: _Fields, report: Report) -> dict[str, str]:
@@ -378,6 +390,29 @@ def _parse_sections(slist: list, buf, n: int, hend: int, strict: bool, report: R
             report(TrailingBytesError(f"{n - end} bytes after the end of the last structure", end))
             ok = False
     return out if ok else None
+
+
+def _inflate_graph(data: bytes, size: int, max_decoded_bytes: int | None, where: str, report: Report) -> bytes | None:
+    """The graph section of a file with `graph_size` (1.1): one zlib stream (RFC 1950) that inflates to
+    exactly `size` bytes and ends at the section's end. Inflation stops at size + 1 bytes (no bomb)."""
+    import zlib
+
+    if max_decoded_bytes is not None and size > max_decoded_bytes:
+        report(LimitError(f"graph_size {size} is over this reader's limit of {max_decoded_bytes} bytes", "graph_size"))
+        return None
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, size + 1)
+    except zlib.error as e:
+        report(GraphError(f"graph section is not a valid zlib stream: {e}", where))
+        return None
+    if len(out) != size or not d.eof or d.unused_data or d.unconsumed_tail:
+        why = (f"inflates to more than graph_size {size} bytes" if len(out) > size or d.unconsumed_tail else
+               f"inflates to {len(out)} bytes, not graph_size {size}" if len(out) != size else
+               "has bytes after the end of its zlib stream" if d.unused_data else "ends before its zlib stream does")
+        report(GraphError(f"graph section {why}", where))
+        return None
+    return out
 
 
 def _read_scales(g: Group, gi: int, section, buf, report: Report) -> bool:

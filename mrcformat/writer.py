@@ -43,7 +43,8 @@ def _section_payloads(c: Container) -> tuple[list[tuple[str, bytes]], int | None
             sections.append(("raw", arr.tobytes()))
     if c.graph is not None:
         graph_section = len(sections)
-        sections.append(("graph", bytes(c.graph)))
+        graph = bytes(c.graph)
+        sections.append(("graph", zlib.compress(graph, 9) if c.graph_deflate else graph))
     return sections, indices_section, graph_section, raw_section, scales_section
 
 
@@ -72,6 +73,7 @@ def _header_object(c: Container, sections: list[tuple[str, bytes]], offsets: lis
         "sampler": SAMPLER, "seed": int(c.seed), "groups": groups, "tensors": tensors,
         "indices": indices_section, "graph": graph_section, "sections": secs,
         "metadata": dict(sorted(c.metadata.items())),
+        **({"graph_size": len(c.graph)} if c.graph_deflate and c.graph is not None else {}),
     }
 
 

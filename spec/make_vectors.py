@@ -197,6 +197,9 @@ def valid_vectors() -> dict[str, tuple[Container, list[str]]]:
                              version=(1, 1)),
                    ["format 1.1", "per-row scales of the coding distribution (affine and contiguous layouts)",
                     "a scale near the sigma range's lower end"])
+    deflated = stubs_container(np.random.default_rng(9))
+    deflated.graph_deflate = True
+    v["graph_deflate"] = (deflated, ["format 1.1", "zlib-compressed graph section (graph_size)"])
     v["graph_stubs"] = (stubs_container(np.random.default_rng(9)),
                         ["format 1.1", "graph stubs: Constant in an If branch, Constant in a Loop body nested in an "
                          "If branch, initializer of a branch, top-level initializer (raw)"])
@@ -226,8 +229,29 @@ def invalid_vectors(valid: dict[str, bytes]) -> dict[str, tuple[bytes, str]]:
                     tensors=[Tensor("w", (10,), "coded", group=0)], version=(1, 1))
     bad.groups[0].scales = np.array([float_to_bf16_bits(1.0)] * 3, dtype=np.uint16)
     out["scales_not_dividing"] = (_unchecked_bytes(bad), "scales")
+    bomb = stubs_container(np.random.default_rng(9))
+    bomb.graph_deflate = True
+    data = bytearray(_unchecked_bytes(bomb))
+    out["graph_size_mismatch"] = (_with_header(bytes(data), lambda h: h.__setitem__("graph_size", h["graph_size"] - 1)),
+                                  "graph")
     out["stubs_at_minor_0"] = (_unchecked_bytes(stubs_container(np.random.default_rng(9), version=(1, 0))), "graph")
     return out
+
+
+def _with_header(data: bytes, edit) -> bytes:
+    """The file with its header edited (same length required: small integer changes), CRC fixed."""
+    import struct
+    import zlib
+
+    import msgpack
+
+    hlen = struct.unpack_from("<I", data, 12)[0]
+    h = msgpack.unpackb(data[24:24 + hlen], raw=False)
+    edit(h)
+    raw = msgpack.packb(h, use_bin_type=True)
+    if len(raw) != hlen:
+        raise ValueError("the edit changed the header's length")
+    return data[:16] + struct.pack("<I", zlib.crc32(raw)) + data[20:24] + raw + data[24 + hlen:]
 
 
 def _unchecked_bytes(c: Container) -> bytes:

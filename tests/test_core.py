@@ -151,7 +151,11 @@ def test_round_to_16_significant_bits_ties_to_even():
 
 # ---------------------------------------------------------------------------------------------- sampler
 
-VALID_SIGMA_BITS = st.integers(0, 0xFFFF).filter(is_valid_sigma_bits)
+# every valid pattern built directly (a filter over all 2^16 keeps 1 in 4 and trips hypothesis' health check):
+# positive, biased exponent 63..190 with any mantissa, or exactly 2^64
+VALID_SIGMA_BITS = st.one_of(
+    st.builds(lambda e, m: (e << 7) | m, st.integers(127 - 64, 127 + 63), st.integers(0, 127)),
+    st.just((127 + 64) << 7))
 
 
 def test_sigma_bits_domain():
@@ -258,7 +262,7 @@ SEED = st.integers(0, 2**64 - 1)
 
 @settings(max_examples=25)
 @given(SEED, st.integers(0, 2**24 - 1), st.integers(0, 2**31), st.integers(1, 40), st.integers(1, 10),
-       st.floats(-1, 1, width=32), VALID_SIGMA_BITS.filter(lambda b: 0x3800 <= b <= 0x4100))
+       st.floats(-1, 1, width=32), st.integers(0x3800, 0x4100))
 def test_regenerate_equals_candidates_row(seed, group, block, block_size, bits, mu, sigma_bits):
     sigma = bf16_bits_to_float(sigma_bits)
     k = 2**bits
