@@ -51,3 +51,47 @@ def test_all_graphs_visits_every_level_once():
     names = [g.name for g in all_graphs(model.graph)]
     assert names[0] == "top" and names.count("leaf") == 2 ** 4
     assert len(names) == 1 + sum(2 ** k for k in range(1, 5))  # each If has a then and an else branch
+
+
+def _sparse_external():
+    values = _external("sv")
+    indices = helper.make_tensor("si", TensorProto.INT64, [1], [0])
+    return helper.make_sparse_tensor(values, indices, [4])
+
+
+def _model_hiding(where: str) -> bytes:
+    """A model whose only external tensor hides in `where` (issue 15: places a reader must look)."""
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Identity", ["w"], ["y"])]
+    functions, training = [], []
+    if where == "function":
+        fnode = helper.make_node("Constant", [], ["k"], value=_external("k"))
+        functions = [helper.make_function("local", "F", [], ["k"], [fnode], [helper.make_opsetid("", 18)])]
+        nodes.append(helper.make_node("F", [], ["z"], domain="local"))
+    elif where == "function-subgraph":
+        leaf = helper.make_graph([helper.make_node("Constant", [], ["k"], value=_external("k"))], "leaf", [],
+                                 [helper.make_tensor_value_info("k", TensorProto.FLOAT, None)])
+        fnode = helper.make_node("If", ["c"], ["k2"], then_branch=leaf, else_branch=leaf)
+        functions = [helper.make_function("local", "F", ["c"], ["k2"], [fnode], [helper.make_opsetid("", 18)])]
+    elif where == "sparse-attribute":
+        nodes.append(helper.make_node("Constant", [], ["k"], sparse_value=_sparse_external()))
+    elif where == "training-info":
+        init = helper.make_graph([], "init", [], [], initializer=[_external("k")])
+        ti = helper.make_training_info(init, [], init, [])
+        training = [ti]
+    g = helper.make_graph(nodes, "top", [], [out])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("local", 1)],
+                              functions=functions)
+    model.training_info.extend(training)
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("where", ["function", "function-subgraph", "sparse-attribute", "training-info"])
+def test_external_data_is_refused_in_every_hiding_place(where):
+    g = make_group(4, block_size=2, index_bits=3, rng=np.random.default_rng(0))
+    c = m.Container(seed=1, groups=[g], tensors=[m.Tensor("w", (4,), "coded", group=0)], graph=_model_hiding(where))
+    from spec_helpers import unchecked_bytes
+
+    with pytest.raises(ExternalDataError):
+        m.from_bytes(unchecked_bytes(c))
+    assert any(p.code == "external-data" for p in m.validate_bytes(unchecked_bytes(c)))
