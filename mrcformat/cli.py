@@ -328,7 +328,7 @@ def _budgets(text: str) -> list[str]:
               help="Bits per block index (K = 2^bits candidates per block): more is closer to the rate-distortion "
               "bound and slower (coding time doubles per bit).")
 @click.option("--importance", default="activation", show_default=True,
-              type=click.Choice(["activation", "tensor", "uniform"]),
+              type=click.Choice(["activation", "channel", "tensor", "uniform"]),
               help="How weights' importance for the output is measured (see mrcformat.encode.importance).")
 @click.option("--max-feeds", default=64, show_default=True, type=click.IntRange(1, None),
               help="Calibration feeds used (evenly picked when there are more).")

@@ -9,6 +9,15 @@ Estimators (`ESTIMATORS`):
 - "activation": "tensor", redistributed inside each tensor read by a top-level MatMul, Gemm or Conv
   in proportion to the mean square of the input channel the weight multiplies (the diagonal of
   E[x x^T], the layer-wise Hessian of GPTQ/OBQ); other tensors keep "tensor".
+- "channel": also across rows (C order, axis 0: a Conv's output channels). Two measurements
+  per tensor, one with noise of equal size everywhere, one with noise proportional to each row's RMS,
+  fix the exponent g of h_row ~ rms_row^(-2g) (g = 0: every weight alike; g = 1: every row needs the
+  same *relative* precision, as when batch norm folded into a conv rescales its rows and the next
+  layer undoes it), then the activation profile spreads it over columns. Needs no gradients and
+  works inside subgraphs. Measured: identical to "activation" on LeNet-5 (its rows are alike, g = 0);
+  on silero-vad (rows 100x apart after batch-norm folding) it lowers the calibration distortion 3-9x
+  but not the streaming frame agreement (0.855 / 0.935 at 3 / 4 bits per weight, against 0.935 / 0.958),
+  which single-step calibration feeds do not capture; so it is not the default.
 Weights that the calibration inputs never reach (an If branch not taken) measure h = 0; they get
 `floor` times the median importance instead, so that they are not thrown away.
 """
@@ -20,7 +29,8 @@ from .calibration import Probe
 
 __all__ = ["ESTIMATORS", "estimate_importance", "tensor_sensitivity"]
 
-ESTIMATORS = ("uniform", "tensor", "activation")
+ESTIMATORS = ("uniform", "tensor", "activation", "channel")
+GAMMA_MAX = 1.5
 
 
 def tensor_sensitivity(probe: Probe, *, rel_noise: float = 0.1, trials: int = 2, seed: int = 0,
@@ -42,6 +52,50 @@ def tensor_sensitivity(probe: Probe, *, rel_noise: float = 0.1, trials: int = 2,
         if progress is not None:
             progress(1)
     return out
+
+
+def row_sensitivity(probe: Probe, *, rel_noise: float = 0.1, seed: int = 0, feeds: int | None = 16,
+                    progress=None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per site: the mean importance under equal noise (as `tensor_sensitivity` with one trial) and the
+    per-row importance profile rms_row^(-2g), mean 1, from a second, row-relative measurement."""
+    rng = np.random.default_rng(seed)
+    which = probe.subset(feeds)
+    mean = np.zeros(len(probe.sites))
+    profiles = []
+    for k, s in enumerate(probe.sites):
+        w = s.array
+        rows = w.reshape(w.shape[0], -1).astype(np.float64) if w.ndim >= 2 else w.reshape(1, -1).astype(np.float64)
+        rms_t = float(np.sqrt(np.mean(rows * rows))) or 1e-3
+        r = np.maximum(np.sqrt(np.mean(rows * rows, axis=1)) / rms_t, 1e-3)        # row RMS / tensor RMS
+        sd = rel_noise * rms_t
+        d_eq = probe.distortion({k: w + (rng.standard_normal(w.shape) * sd).astype(np.float32)}, which)
+        rel = (rng.standard_normal(rows.shape) * (rel_noise * rms_t * r)[:, None]).reshape(w.shape)
+        d_rel = probe.distortion({k: w + rel.astype(np.float32)}, which)
+        gamma = _fit_gamma(r, d_rel / d_eq if d_eq > 0 else 1.0)
+        prof = r ** (-2 * gamma)
+        prof /= prof.mean()
+        mean[k] = d_eq / (w.size * sd * sd)
+        profiles.append(prof)
+        if progress is not None:
+            progress(1)
+    return mean, profiles
+
+
+def _fit_gamma(r: np.ndarray, measured: float) -> float:
+    """g with sum(r^(2-2g)) / sum(r^-2g) = measured (the ratio of the two measurements under the model
+    h_row ~ r^-2g); decreasing in g from mean(r^2) = 1 at g = 0; clamped to [0, GAMMA_MAX]."""
+    def ratio(g: float) -> float:
+        return float(np.sum(r ** (2 - 2 * g)) / np.sum(r ** (-2 * g)))
+
+    if not np.isfinite(measured) or measured >= ratio(0.0):
+        return 0.0
+    if measured <= ratio(GAMMA_MAX):
+        return GAMMA_MAX
+    lo, hi = 0.0, GAMMA_MAX
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ratio(mid) > measured else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 def _activation_profiles(probe: Probe, model) -> dict[int, np.ndarray]:
@@ -119,11 +173,18 @@ def estimate_importance(probe: Probe, model, estimator: str = "activation", *, f
         raise ValueError(f"importance estimator must be one of {ESTIMATORS}, not {estimator!r}")
     if estimator == "uniform":
         return [np.ones(s.array.shape) for s in probe.sites], np.zeros(len(probe.sites))
-    per_tensor = tensor_sensitivity(probe, trials=trials, seed=seed, feeds=feeds, progress=progress)
+    rows = None
+    if estimator == "channel":
+        per_tensor, rows = row_sensitivity(probe, seed=seed, feeds=feeds, progress=progress)
+    else:
+        per_tensor = tensor_sensitivity(probe, trials=trials, seed=seed, feeds=feeds, progress=progress)
     positive = per_tensor[per_tensor > 0]
     low = floor * (float(np.median(positive)) if positive.size else 1.0)
     h = [np.full(s.array.shape, max(v, low)) for s, v in zip(probe.sites, per_tensor)]
-    if estimator == "activation":
+    if rows is not None:
+        h = [hk * prof.reshape((-1,) + (1,) * (hk.ndim - 1)) if hk.ndim >= 1 and prof.size == hk.shape[0] else hk
+             for hk, prof in zip(h, rows)]
+    if estimator in ("activation", "channel"):
         for k, prof in _activation_profiles(probe, model).items():
             h[k] = np.maximum(h[k] * prof, low * 1e-3)
     return h, per_tensor
