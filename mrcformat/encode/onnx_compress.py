@@ -189,9 +189,9 @@ def compress_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
     (then `calibration` is not needed). `per_row`: a coding scale per row of each tensor (format 1.1
     group scales) rather than one per tensor. `shrink`: q's means from the rate-distortion closed form
     (pulled towards the coding mean where bits are scarce) instead of the pretrained weights. Measured on
-    LeNet-5 (bench/results/importance_lenet5.md): centred q's (the default) give 3-7x less output
-    distortion from 20 KiB up, shrunk ones do better only at the lowest rates, where the network is already
-    broken; the diagonal model cannot see that shrinking a whole row changes the output coherently.
+    LeNet-5 (bench/results/importance_lenet5.md): centred q's (the default) give 3-6x less held-out output
+    distortion from 12 KiB up; shrunk ones do better only at 8 KiB, where both are broken (41% against
+    13% accuracy); the diagonal model cannot see that shrinking a whole row changes the output coherently.
     `equalise`: re-solve q per block so every block carries exactly its index width of KL (with one
     multiplier per group, LeNet-5's blocks carry 0.75-1.3x of it); on LeNet-5 this lowered the measured
     distortion at 20-40 KiB by up to 20% but not the accuracy, and raised it at 12 KiB, so it is off by
