@@ -332,13 +332,16 @@ def _budgets(text: str) -> list[str]:
               help="How weights' importance for the output is measured (see mrcformat.encode.importance).")
 @click.option("--max-feeds", default=64, show_default=True, type=click.IntRange(1, None),
               help="Calibration feeds used (evenly picked when there are more).")
+@click.option("--importance-feeds", default=16, show_default=True, type=click.IntRange(1, None),
+              help="Feeds each importance measurement runs over (cost: coded tensors x 2 x this many model runs).")
 @click.option("--min-elements", default=64, show_default=True, type=click.IntRange(1, None),
               help="Smaller float tensors stay in the graph as they are.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
 @click.option("--json", "as_json", is_flag=True, help="Print the report(s) as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compress(model: str, budget: str | None, budgets: str | None, calibration: str, output: str, index_bits: int,
-             importance: str, max_feeds: int, min_elements: int, seed: int, as_json: bool, quiet: bool) -> None:
+             importance: str, max_feeds: int, importance_feeds: int, min_elements: int, seed: int, as_json: bool,
+             quiet: bool) -> None:
     """Compress an ONNX model (MODEL.onnx) into a .mrc file, without training.
 
     Weights are coded wherever they live (initializers, Constant nodes, If/Loop/Scan bodies); the graph
@@ -357,7 +360,7 @@ def compress(model: str, budget: str | None, budgets: str | None, calibration: s
     opts = dict(index_bits=index_bits, seed=seed)
     try:
         an = oc.analyse(model, calibration, importance=importance, min_elements=min_elements, max_feeds=max_feeds,
-                        seed=seed, progress=not quiet)
+                        importance_feeds=importance_feeds, seed=seed, progress=not quiet)
         for note in an.notes:
             click.echo(f"note: {note}", err=True)
         if budget is not None:
