@@ -91,7 +91,7 @@ def _prior_scales(w: np.ndarray, h: np.ndarray, mu: float, lam: float, rows: int
         m, s, _ = group_posterior(wr, hr, 0.0, sp[:, None], lam, shrink)
         new = np.sqrt(np.maximum(np.mean(m * m + s * s, axis=1), 1e-30))
         new = np.maximum(new, np.max(np.abs(m), axis=1) / REACH)
-        done = np.all(np.abs(new - sp) <= 1e-6 * sp)
+        done = np.all(np.abs(new - sp) <= 1e-3 * sp)  # far below bfloat16's 2^-8 resolution
         sp = new
         if done:
             break
@@ -170,35 +170,51 @@ def allocate(weights: list[np.ndarray], importance: list[np.ndarray], payload_by
         lam_hint = 2.0 * float(np.median(np.concatenate(hs))) * float(np.mean(np.concatenate(ws) ** 2)) or 1.0
     lam = _bisect(total_kl, target, *_bracket(lam_hint), rtol=1e-3)  # it only decides the split of the blocks
     sol = [solve_group(w, h, mu, lam, r, shrink) for w, h, mu, r in zip(ws, hs, mus, rows)]
-    # blocks in proportion to each group's KL (largest remainder), within [min_blocks, n]
+    # blocks in proportion to each group's KL, within [min_blocks, n], then fitted to the bytes by moving
+    # block sizes (not block counts) one step at a time: only a block size change alters the bytes
     share = np.array([g.kl for g in sol]) / per_block
-    nb = np.clip(np.floor(share).astype(np.int64), min_blocks, ns)
+    bsz = [_bsz(n, int(b)) for n, b in zip(ns, np.clip(np.floor(share), min_blocks, ns))]
+    size = [packed_length(num_blocks(n, z), index_bits) for n, z in zip(ns, bsz)]
+    used = sum(size)
 
-    def used(counts) -> int:
-        return sum(packed_length(int(num_blocks(n, _bsz(n, b))), index_bits) for n, b in zip(ns, counts))
+    def step(g: int, grow: bool) -> tuple[int, int]:
+        """The next block size of group g with a different block count (grow: fewer, larger blocks)."""
+        n, z = ns[g], bsz[g]
+        now = num_blocks(n, z)
+        if grow:
+            z = max(z + 1, -(-n // max(1, now - 1)))   # the smallest size with fewer blocks
+            z = min(z, L.MAX_BLOCK_SIZE, n)
+        else:
+            z = max(1, -(-n // (now + 1)))             # the largest size with more blocks
+            while z > 1 and num_blocks(n, z) <= now:
+                z -= 1
+        return z, packed_length(num_blocks(n, z), index_bits)
 
-    while used(nb) > payload_bytes:  # rounding up to min_blocks overshot: take from the richest
-        excess = np.where(nb > min_blocks, nb - share, -np.inf)
-        nb[int(np.argmax(excess))] -= 1
+    while used > payload_bytes:  # over (the min_blocks floor, rounding): take from the richest
+        cands = [g for g in range(len(ns)) if bsz[g] < min(L.MAX_BLOCK_SIZE, ns[g])]
+        g = max(cands, key=lambda g: num_blocks(ns[g], bsz[g]) - share[g])
+        z, b = step(g, grow=True)
+        used += b - size[g]
+        bsz[g], size[g] = z, b
     while True:  # give blocks to the groups furthest below their share while the bytes allow
-        order = np.argsort(nb - share)
-        for g in order:
-            if nb[g] >= ns[g]:
+        for g in sorted(range(len(ns)), key=lambda g: num_blocks(ns[g], bsz[g]) - share[g]):
+            if bsz[g] == 1:
                 continue
-            trial = nb.copy()
-            trial[g] += 1
-            if used(trial) <= payload_bytes:
-                nb = trial
+            z, b = step(g, grow=False)
+            if used + b - size[g] <= payload_bytes:
+                used += b - size[g]
+                bsz[g], size[g] = z, b
                 break
         else:
             break
+    nb = [num_blocks(n, z) for n, z in zip(ns, bsz)]
     out = []
     for w, h, mu, b, n, r in zip(ws, hs, mus, nb, ns, rows):
         bsz = _bsz(n, int(b))
         real = num_blocks(n, bsz)
         g_target = real * per_block
         lam_g = _bisect(lambda x, w=w, h=h, mu=mu, r=r: solve_group(w, h, mu, x, r, shrink).kl, g_target,
-                        *_bracket(lam), rtol=1e-4)
+                        lam * 1e-4, lam * 1e4, rtol=1e-3)
         g = solve_group(w, h, mu, lam_g, r, shrink)
         g.num_blocks, g.block_size = real, bsz
         out.append(g)
