@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-__all__ = ["CONSTANT_DOMAINS", "Stub", "all_graphs", "find_stubs", "graphs_with_paths", "has_data"]
+__all__ = ["CONSTANT_DOMAINS", "Stub", "all_graphs", "constant_value", "find_stubs", "graphs_with_paths", "has_data"]
 
 CONSTANT_DOMAINS = ("", "ai.onnx")
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
@@ -65,7 +65,7 @@ class Stub:
         return "initializer" if self.node is None else "constant"
 
 
-def _constant_value(node):
+def constant_value(node):
     """The `value` attribute of a Constant node that has only that attribute, else None."""
     if node.op_type != "Constant" or node.domain not in CONSTANT_DOMAINS or len(node.attribute) != 1:
         return None
@@ -94,7 +94,7 @@ def find_stubs(graph, names: set[str] | frozenset[str]) -> tuple[list[Stub], lis
             if out not in names:
                 continue
             where = f"{path}/node[{i}]:{node.name or node.op_type}"
-            value = _constant_value(node)
+            value = constant_value(node)
             if value is None:
                 problems.append((f"Constant node producing file tensor {out!r} has no lone `value` attribute", where))
             elif has_data(value):

@@ -223,18 +223,18 @@ def invalid_vectors(valid: dict[str, bytes]) -> dict[str, tuple[bytes, str]]:
     rng = np.random.default_rng(8)
     c = Container(seed=3, groups=[group(rng, 2, 1, 4)], tensors=[Tensor("w", (2,), "coded", group=0)],
                   graph=external_data_graph())
-    out["external_data"] = (_unchecked_bytes(c), "external-data")
-    out["stub_with_data"] = (_unchecked_bytes(stubs_container(np.random.default_rng(9), with_data=True)), "graph")
+    out["external_data"] = (unchecked_bytes(c), "external-data")
+    out["stub_with_data"] = (unchecked_bytes(stubs_container(np.random.default_rng(9), with_data=True)), "graph")
     bad = Container(seed=12, groups=[group(np.random.default_rng(11), 10, 4, 3)],
                     tensors=[Tensor("w", (10,), "coded", group=0)], version=(1, 1))
     bad.groups[0].scales = np.array([float_to_bf16_bits(1.0)] * 3, dtype=np.uint16)
-    out["scales_not_dividing"] = (_unchecked_bytes(bad), "scales")
+    out["scales_not_dividing"] = (unchecked_bytes(bad), "scales")
     bomb = stubs_container(np.random.default_rng(9))
     bomb.graph_deflate = True
-    data = bytearray(_unchecked_bytes(bomb))
+    data = bytearray(unchecked_bytes(bomb))
     out["graph_size_mismatch"] = (_with_header(bytes(data), lambda h: h.__setitem__("graph_size", h["graph_size"] - 1)),
                                   "graph")
-    out["stubs_at_minor_0"] = (_unchecked_bytes(stubs_container(np.random.default_rng(9), version=(1, 0))), "graph")
+    out["stubs_at_minor_0"] = (unchecked_bytes(stubs_container(np.random.default_rng(9), version=(1, 0))), "graph")
     return out
 
 
@@ -254,7 +254,7 @@ def _with_header(data: bytes, edit) -> bytes:
     return data[:16] + struct.pack("<I", zlib.crc32(raw)) + data[20:24] + raw + data[24 + hlen:]
 
 
-def _unchecked_bytes(c: Container) -> bytes:
+def unchecked_bytes(c: Container) -> bytes:
     """Serialise without the writer's final self-check (for deliberately invalid vectors)."""
     from mrcformat import writer
 

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .onnx_ingest import OnnxInputError, WeightSite
+from .onnx_ingest import OnnxInputError, WeightSite, locate
 
 __all__ = ["Probe", "load_feeds"]
 
@@ -111,8 +111,7 @@ def probe_model(model, sites: list[WeightSite]):
     names = {s.name: f"{prefix}{i}" for i, s in enumerate(sites)}
     top = m.graph
     top_nodes = []
-    for s_copy in list(_locate(m, sites)):  # all located before the graph changes
-        name, graph, node, tensor = s_copy
+    for name, graph, node, tensor in list(locate(m, sites)):  # all located before the graph changes
         feed_name = names[name]
         if node is not None:
             node.op_type, node.domain = "Identity", ""
@@ -136,22 +135,6 @@ def probe_model(model, sites: list[WeightSite]):
     del top.node[:]
     top.node.extend(nodes)
     return m, [names[s.name] for s in sites]
-
-
-def _locate(model, sites: list[WeightSite]):
-    """(name, graph, node or None, tensor) of each site in `model` (a copy of the one `sites` came from)."""
-    from mrcformat.onnx_graphs import graphs_with_paths
-
-    wanted = {s.path: s.name for s in sites}
-    for g, path in graphs_with_paths(model.graph):
-        for i, t in enumerate(g.initializer):
-            p = f"{path}/initializer[{i}]"
-            if p in wanted:
-                yield wanted[p], g, None, t
-        for i, node in enumerate(g.node):
-            p = f"{path}/node[{i}]:{node.name or node.op_type}"
-            if p in wanted:
-                yield wanted[p], g, node, None
 
 
 class Probe:
@@ -184,9 +167,6 @@ class Probe:
         full = dict(feed)
         full.update(zip(self.input_names, weights))
         return [np.asarray(y, dtype=np.float64) for y in self.session.run(self.output_names, full)]
-
-    def outputs(self, weights: list[np.ndarray], feed_index: int):
-        return self._run(weights, self.feeds[feed_index])
 
     def subset(self, count: int | None) -> list[int]:
         """`count` feed indices spread evenly over the feeds (all when count is None or larger)."""

@@ -13,6 +13,7 @@ and measure the decoded model's output distortion on the same inputs.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -32,7 +33,7 @@ from mrcformat.writer import save, to_bytes
 from .block_coder import code_group
 from .calibration import Probe
 from .importance import estimate_importance
-from .onnx_ingest import OnnxInputError, WeightSite, find_weights, load_onnx, strip
+from .onnx_ingest import OnnxInputError, WeightSite, find_weights, load_onnx, locate, strip
 from .rd_allocation import allocate, equalise_blocks
 
 __all__ = ["Analysis", "OnnxCompressReport", "analyse", "compress_onnx", "parse_budget", "sweep_onnx"]
@@ -71,6 +72,16 @@ class Analysis:
     @property
     def coded_weights(self) -> int:
         return sum(s.numel for s in self.sites)
+
+    @functools.cached_property
+    def stripped_graph(self) -> bytes:
+        """The model with the coded tensors' data removed (stubs in place): the file's graph section."""
+        import onnx
+
+        m = onnx.ModelProto()
+        m.CopyFrom(self.model)
+        strip([t for _, _, _, t in locate(m, self.sites)])
+        return m.SerializeToString()
 
 
 @dataclass
@@ -136,18 +147,9 @@ def analyse(model: str | os.PathLike | bytes, calibration, *, importance: str = 
 
 
 def _container(analysis: Analysis, groups: list[Group], seed: int, metadata: dict) -> Container:
-    import onnx
-
-    m = onnx.ModelProto()
-    m.CopyFrom(analysis.model)
-    from .calibration import _locate
-
-    located = list(_locate(m, analysis.sites))
-    strip([WeightSite(name, None, node.attribute[0].t if node is not None else t, "", "")
-           for name, _, node, t in located])
     tensors = [Tensor(s.name, tuple(int(d) for d in s.array.shape), "coded", group=i)
                for i, s in enumerate(analysis.sites)]
-    return Container(seed=seed, groups=groups, tensors=tensors, graph=m.SerializeToString(), metadata=metadata,
+    return Container(seed=seed, groups=groups, tensors=tensors, graph=analysis.stripped_graph, metadata=metadata,
                      version=(1, 1), graph_deflate=True)
 
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from mrcformat.onnx_graphs import CONSTANT_DOMAINS, graphs_with_paths
+from mrcformat.onnx_graphs import constant_value, graphs_with_paths
 
-__all__ = ["OnnxInputError", "WeightSite", "find_weights", "load_onnx", "strip"]
+__all__ = ["OnnxInputError", "WeightSite", "find_weights", "load_onnx", "locate", "strip"]
 
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 _MRC_MAGIC = b"\x89MRC\r\n\x1a\n"
@@ -92,13 +92,6 @@ def load_onnx(src: str | os.PathLike | bytes):
     return model
 
 
-def _constant_value(node):
-    if node.op_type != "Constant" or node.domain not in CONSTANT_DOMAINS or len(node.attribute) != 1:
-        return None
-    a = node.attribute[0]
-    return a.t if a.name == "value" and a.HasField("t") else None
-
-
 def find_weights(model, min_elements: int = 64, min_ndim: int = 2) -> tuple[list[WeightSite], list[str]]:
     """Every float32 tensor with at least `min_elements` elements and `min_ndim` dimensions, top graph
     and subgraphs, in graph order; and notes on tensors left alone (e.g. a name used twice). Integer
@@ -113,7 +106,7 @@ def find_weights(model, min_elements: int = 64, min_ndim: int = 2) -> tuple[list
             if t.data_type == _FLOAT:
                 found.append(WeightSite(t.name, None, t, "initializer", f"{path}/initializer[{i}]"))
         for i, node in enumerate(g.node):
-            value = _constant_value(node)
+            value = constant_value(node)
             if value is not None and value.data_type == _FLOAT and len(node.output):
                 found.append(WeightSite(node.output[0], None, value, "constant",
                                         f"{path}/node[{i}]:{node.name or node.op_type}"))
@@ -138,12 +131,22 @@ def find_weights(model, min_elements: int = 64, min_ndim: int = 2) -> tuple[list
     return sites, notes
 
 
-def strip(sites: list[WeightSite]) -> None:
-    """Remove the data of these tensors in place, leaving stubs (name, type and dims kept)."""
-    for s in sites:
-        t = s.tensor
+def locate(model, sites: list[WeightSite]):
+    """(name, graph, Constant node or None, TensorProto) of each site in `model`, a copy of the model the
+    sites were found in (same structure, so the same paths)."""
+    wanted = {s.path: s.name for s in sites}
+    for g, path in graphs_with_paths(model.graph):
+        for i, t in enumerate(g.initializer):
+            if (p := f"{path}/initializer[{i}]") in wanted:
+                yield wanted[p], g, None, t
+        for i, node in enumerate(g.node):
+            if (p := f"{path}/node[{i}]:{node.name or node.op_type}") in wanted:
+                yield wanted[p], g, node, node.attribute[0].t
+
+
+def strip(tensors) -> None:
+    """Remove the data of these TensorProtos in place, leaving stubs (name, type and dims kept)."""
+    for t in tensors:
         for f in ("raw_data", "float_data", "external_data"):
             t.ClearField(f)
         t.ClearField("data_location")
-
-
