@@ -1,6 +1,6 @@
 """mrcformat_runtime: loading `.mrc` files into onnxruntime and PyTorch, plain and self-decoding ONNX export.
 
-Importing this package (or `mrcformat_runtime.ort`, `.onnx_export`, `.selfdecode`) never imports torch:
+Importing this package (or `mrcformat_runtime.ort`, `.onnx_model`, `.onnx_export`, `.selfdecode`) never imports torch:
 the onnxruntime side needs only numpy, msgpack, onnx and onnxruntime. Everything here is resolved
 lazily (module-level `__getattr__`): the names in `_LAZY` on first use, and any submodule by its name
 (`mrcformat_runtime.torch_decode`, ...), so the torch side is imported only when it is asked for.

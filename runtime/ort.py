@@ -40,7 +40,7 @@ import numpy as np
 
 from mrcformat.container import Container
 
-from .onnx_export import decoded_arrays, fill_stub, graph_model, graph_stubs, load_container, raw_initializer, serialize, wanted_names
+from .onnx_model import decoded_arrays, fill_stub, graph_model, graph_stubs, load_container, raw_initializer, serialize, wanted_names
 
 __all__ = ["DEFAULT_EXTERNAL_MIN_BYTES", "DEFAULT_PROVIDERS", "ort_decoded_arrays", "session", "trim_heap"]
 
@@ -122,7 +122,7 @@ def _session_class():
 
 
 def ort_decoded_arrays(c: Container, wanted: set[str], providers=None):
-    """(tensor, array) pairs like `onnx_export.decoded_arrays`, but computed by onnxruntime itself:
+    """(tensor, array) pairs like `onnx_model.decoded_arrays`, but computed by onnxruntime itself:
     one run of `regenerated_weights_model` in a session with graph optimisations off."""
     import onnxruntime as ort
 

@@ -47,6 +47,8 @@ from mrcformat.onnx_graphs import all_graphs
 from mrcformat.sampler import normal_table
 from mrcformat.streams import DOMAIN_CANDIDATE, DOMAIN_HASH, domain_word, seed_key
 
+from .onnx_model import ONNX_DTYPES, fill_stub, graph_model, graph_stubs, load_container, raw_initializer, wanted_names
+
 __all__ = [
     "DOMAIN",
     "OPSET",
@@ -484,11 +486,9 @@ def _convert_opset(model, c: Container, wanted: set[str], opset: int, stubbed: f
     (the converter wants every value defined) and dropped again afterwards."""
     from onnx import helper, version_converter
 
-    from .onnx_export import _ONNX_DTYPES
-
     declared = {i.name for i in model.graph.input}
     added = [t for t in c.tensors if t.name in wanted and t.name not in declared and t.name not in stubbed]
-    model.graph.input.extend(helper.make_tensor_value_info(t.name, _ONNX_DTYPES[t.dtype], list(t.shape)) for t in added)
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, ONNX_DTYPES[t.dtype], list(t.shape)) for t in added)
     try:
         model = version_converter.convert_version(model, OPSET)
     except Exception as e:
@@ -508,8 +508,6 @@ def self_decoding_model(container: str | os.PathLike | Container):
     since the decoder needs opset-18 bitwise operators; GraphError if that fails or there is no graph.
     """
     from onnx import helper
-
-    from .onnx_export import fill_stub, graph_model, graph_stubs, load_container, raw_initializer, wanted_names
 
     c = load_container(container)
     model = graph_model(c)
@@ -579,8 +577,6 @@ def regenerated_weights_model(container: str | os.PathLike | Container):
     bool as uint8 0/1."""
     from onnx import helper
 
-    from .onnx_export import _ONNX_DTYPES, load_container, raw_initializer
-
     c = load_container(container)
     dec = _Decoder(c, _prefix({t.name for t in c.tensors}))
     dec.tensors({t.name for t in c.tensors})
@@ -591,7 +587,7 @@ def regenerated_weights_model(container: str | os.PathLike | Container):
             inner = dec.b.fresh()
             dec.inits.append(raw_initializer(inner, dtype, t.data))
             dec.b.op("Identity", inner, outs=[t.name])
-        outputs.append(helper.make_tensor_value_info(t.name, _ONNX_DTYPES[dtype], list(t.shape)))
+        outputs.append(helper.make_tensor_value_info(t.name, ONNX_DTYPES[dtype], list(t.shape)))
     return _make_model(dec.b.nodes, dec.inits, outputs, "mrc_weights", dec)
 
 

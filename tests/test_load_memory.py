@@ -182,10 +182,10 @@ def test_ortvalue_from_numpy_shares_cpu_memory():
 
 
 def _spy_arrays(monkeypatch) -> list:
-    from mrcformat_runtime import onnx_export
+    from mrcformat_runtime import onnx_model
 
     refs: list = []
-    real = onnx_export.decode_group
+    real = onnx_model.decode_group
 
     def spy(*args, **kwargs):
         res = real(*args, **kwargs)
@@ -195,7 +195,7 @@ def _spy_arrays(monkeypatch) -> list:
         refs.append(weakref.ref(owner))
         return res
 
-    monkeypatch.setattr(onnx_export, "decode_group", spy)
+    monkeypatch.setattr(onnx_model, "decode_group", spy)
     return refs
 
 

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mrcformat_runtime import onnx_export
+from mrcformat_runtime import onnx_model
 from mrcformat_runtime.onnx_export import export, to_onnx_model
 from onnx import TensorProto, helper
 from strategies import containers, identity_graph, make_group
@@ -107,14 +107,14 @@ def test_raw_dtypes_keep_their_type(dtype):
         data = (np.array([1.0, -2.5, 3.0, 0.5, 7.0, -0.125], dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
         data = data.reshape(2, 3)
     t = Tensor("r", (2, 3), "raw", dtype=dtype, data=data)
-    to = TensorProto.FLOAT if dtype == "bfloat16" else onnx_export._ONNX_DTYPES[dtype]
+    to = TensorProto.FLOAT if dtype == "bfloat16" else onnx_model.ONNX_DTYPES[dtype]
     g = helper.make_graph([helper.make_node("Cast", ["r"], ["y"], to=to)], "g", [],
                           [helper.make_tensor_value_info("y", to, [2, 3])])
     c = Container(seed=0, tensors=[t], graph=helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
                   .SerializeToString())
     model = to_onnx_model(c)
     init = model.graph.initializer[0]
-    assert init.data_type == onnx_export._ONNX_DTYPES[dtype] and init.raw_data == data.tobytes()
+    assert init.data_type == onnx_model.ONNX_DTYPES[dtype] and init.raw_data == data.tobytes()
     y, = _session(model).run(None, {})
     if dtype == "bfloat16":
         assert y.tobytes() == (data.astype(np.uint32) << 16).view(np.float32).tobytes()
