@@ -9,6 +9,12 @@ distortion), without rebuilding a session. Distortion is the output error the co
     D = mean over feeds of  sum over float outputs o of  |y_o' - y_o|^2 / |y_o|^2
 
 (relative squared error of each output, so outputs of different scales count alike).
+
+Recurrent models (state in, state out, e.g. a streaming VAD) are calibrated as they run: with
+`state={"state": "stateN"}` consecutive feeds form sequences of `sequence_length` steps, and each step
+after the first takes the previous step's state output in place of its recorded state. Errors then
+accumulate through the state as they do in use, and D averages the other outputs over every step; a
+single-step calibration (each feed with its recorded state) sees one step's error only.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import numpy as np
 
 from .onnx_ingest import OnnxInputError, WeightSite, locate
 
-__all__ = ["Probe", "load_feeds"]
+__all__ = ["Probe", "load_feeds", "state_candidates"]
 
 _ORT_NUMPY = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -137,11 +143,34 @@ def probe_model(model, sites: list[WeightSite]):
     return m, [names[s.name] for s in sites]
 
 
+def state_candidates(inputs, outputs) -> list[tuple[str, str]]:
+    """(input, output) pairs that look like a recurrent state: same float type and same shape (dynamic
+    dims named alike), output named after the input (`state` -> `stateN`, `h0` -> `hn`, ...). Used only
+    to suggest `state=` to the user, never applied silently."""
+    def stem(name: str) -> str:
+        n = name.lower()
+        for suffix in ("_in", "in", "0", "_out", "out", "n", "_new", "new", "_next", "next"):
+            if n.endswith(suffix) and len(n) > len(suffix):
+                n = n[: -len(suffix)]
+                break
+        return n.rstrip("_.")
+
+    pairs = []
+    for i in inputs:
+        for o in outputs:
+            if i.name != o.name and i.type == o.type and "float" in i.type and list(i.shape) == list(o.shape) \
+                    and stem(i.name) == stem(o.name):
+                pairs.append((i.name, o.name))
+    return pairs
+
+
 class Probe:
-    """One onnxruntime session of the probe model over fixed calibration feeds."""
+    """One onnxruntime session of the probe model over fixed calibration feeds, run one by one or, with
+    `state`, as sequences of `sequence_length` consecutive feeds with the state carried (module doc)."""
 
     def __init__(self, model, sites: list[WeightSite], feeds_src, *, threads: int | None = None,
-                 max_feeds: int | None = None):
+                 max_feeds: int | None = None, state: Mapping[str, str] | None = None,
+                 sequence_length: int | None = None):
         import onnxruntime as ort
 
         self.sites = sites
@@ -152,38 +181,83 @@ class Probe:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(pm.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         model_inputs = [i for i in self.session.get_inputs() if i.name not in set(self.input_names)]
-        self.feeds = load_feeds(feeds_src, model_inputs)
-        if max_feeds is not None and len(self.feeds) > max_feeds:
-            pick = np.linspace(0, len(self.feeds) - 1, max_feeds).round().astype(int)
-            self.feeds = [self.feeds[i] for i in pick]
-        self.output_names = [o.name for o in self.session.get_outputs() if o.type in ("tensor(float)", "tensor(double)")]
+        outputs = self.session.get_outputs()
+        self.state = dict(state or {})
+        in_names, out_names = {i.name for i in model_inputs}, {o.name for o in outputs}
+        for i, o in self.state.items():
+            if i not in in_names or o not in out_names:
+                raise OnnxInputError(f"state {i}={o}: the model's inputs are {sorted(in_names)} and its outputs "
+                                     f"{sorted(out_names)}")
+        if sequence_length is not None and sequence_length < 1:
+            raise OnnxInputError("sequence_length must be at least 1")
+        feeds = load_feeds(feeds_src, model_inputs)
+        # sequences of consecutive feeds (one feed each without state); max_feeds keeps whole sequences
+        length = (sequence_length or len(feeds)) if self.state else 1
+        seqs = [list(range(a, min(a + length, len(feeds)))) for a in range(0, len(feeds), length)]
+        if max_feeds is not None and len(feeds) > max_feeds:
+            keep = max(1, max_feeds // length)
+            pick = sorted(set(np.linspace(0, len(seqs) - 1, keep).round().astype(int).tolist()))
+            seqs = [seqs[i] for i in pick]
+            if self.state and len(seqs) == 1 and len(seqs[0]) > max_feeds:
+                seqs = [seqs[0][:max_feeds]]
+        used = [i for q in seqs for i in q]
+        self.feeds = [feeds[i] for i in used]
+        renumber = {old: new for new, old in enumerate(used)}
+        self.sequences = [[renumber[i] for i in q] for q in seqs]
+        floats = [o.name for o in outputs if o.type in ("tensor(float)", "tensor(double)")]
+        measured = [n for n in floats if n not in set(self.state.values())]
+        self.output_names = measured or floats
         if not self.output_names:
             raise OnnxInputError("the model has no floating-point output to measure distortion on")
+        self._fetch = self.output_names + [o for o in self.state.values() if o not in self.output_names]
         self.original = [s.array for s in sites]
-        self.reference = [self._run(self.original, f) for f in self.feeds]
+        self.reference = self._run_all(self.original, range(len(self.sequences)))
         self._norm = [[max(float(np.mean(np.square(y, dtype=np.float64))), 1e-30) for y in ys] for ys in self.reference]
 
-    def _run(self, weights, feed):
-        full = dict(feed)
-        full.update(zip(self.input_names, weights))
-        return [np.asarray(y, dtype=np.float64) for y in self.session.run(self.output_names, full)]
+    def _run_sequence(self, weights, seq: list[int]) -> list[list[np.ndarray]]:
+        """Outputs `output_names` of every step of one sequence, the state carried between steps."""
+        carried: dict[str, np.ndarray] = {}
+        outs = []
+        n = len(self.output_names)
+        for i in seq:
+            full = dict(self.feeds[i])
+            full.update(carried)
+            full.update(zip(self.input_names, weights))
+            ys = self.session.run(self._fetch, full)
+            got = dict(zip(self._fetch, ys))
+            carried = {inp: got[out] for inp, out in self.state.items()}
+            outs.append([np.asarray(y, dtype=np.float64) for y in ys[:n]])
+        return outs
+
+    def _run_all(self, weights, seqs) -> list[list[np.ndarray]]:
+        """Per feed (indexed like self.feeds; None for feeds not in `seqs`) its outputs."""
+        res: list = [None] * len(self.feeds)
+        for q in seqs:
+            for i, ys in zip(self.sequences[q], self._run_sequence(weights, self.sequences[q])):
+                res[i] = ys
+        return res
 
     def subset(self, count: int | None) -> list[int]:
-        """`count` feed indices spread evenly over the feeds (all when count is None or larger)."""
-        n = len(self.feeds)
-        if count is None or count >= n:
+        """Sequence indices (feed indices without `state`) spread evenly, covering about `count` feeds
+        (all when count is None or larger)."""
+        n = len(self.sequences)
+        if count is None or count >= len(self.feeds):
             return list(range(n))
-        return sorted(set(np.linspace(0, n - 1, max(1, count)).round().astype(int).tolist()))
+        per = max(1, round(len(self.feeds) / n))
+        k = max(1, count // per)
+        return sorted(set(np.linspace(0, n - 1, k).round().astype(int).tolist()))
 
-    def distortion(self, overrides: Mapping[int, np.ndarray], feeds: list[int] | None = None) -> float:
-        """D (module doc) with weights `overrides` {site index: array}, the rest original; over the feeds
-        `feeds` (indices; default all)."""
+    def distortion(self, overrides: Mapping[int, np.ndarray], sequences: list[int] | None = None) -> float:
+        """D (module doc) with weights `overrides` {site index: array}, the rest original; over the
+        sequences `sequences` (indices from `subset`; default all)."""
         weights = list(self.original)
         for k, v in overrides.items():
             weights[k] = np.asarray(v, dtype=np.float32).reshape(self.original[k].shape)
-        which = range(len(self.feeds)) if feeds is None else feeds
-        total = 0.0
-        for i in which:
-            ys = self._run(weights, self.feeds[i])
-            total += sum(float(np.mean(np.square(y - r))) / n for y, r, n in zip(ys, self.reference[i], self._norm[i]))
-        return total / len(which)
+        which = range(len(self.sequences)) if sequences is None else sequences
+        total, steps = 0.0, 0
+        for q in which:
+            for i, ys in zip(self.sequences[q], self._run_sequence(weights, self.sequences[q])):
+                total += sum(float(np.mean(np.square(y - r))) / m
+                             for y, r, m in zip(ys, self.reference[i], self._norm[i]))
+                steps += 1
+        return total / max(steps, 1)

@@ -31,7 +31,7 @@ from mrcformat.reader import from_bytes
 from mrcformat.writer import save, to_bytes
 
 from .block_coder import code_group
-from .calibration import Probe
+from .calibration import Probe, state_candidates
 from .importance import estimate_importance
 from .onnx_ingest import OnnxInputError, WeightSite, find_weights, load_onnx, locate, strip
 from .rd_allocation import allocate, equalise_blocks
@@ -124,14 +124,23 @@ def _bar(total: int, desc: str, enabled: bool):
 
 def analyse(model: str | os.PathLike | bytes, calibration, *, importance: str = "activation", min_elements: int = 64,
             min_ndim: int = 2, max_feeds: int | None = 64, importance_feeds: int | None = 16, trials: int = 2,
-            seed: int = 0, progress: bool = True) -> Analysis:
-    """Read the model, build the probe over the calibration inputs and estimate importances."""
+            seed: int = 0, state: dict[str, str] | None = None, sequence_length: int | None = None,
+            progress: bool = True) -> Analysis:
+    """Read the model, build the probe over the calibration inputs and estimate importances. `state`
+    ({input: output}) calibrates a recurrent model as it streams: consecutive feeds form sequences of
+    `sequence_length` steps with the state carried (`calibration.Probe`)."""
     t0 = time.perf_counter()
     onnx_model = load_onnx(model)
     sites, notes = find_weights(onnx_model, min_elements, min_ndim)
     if not sites:
         raise OnnxInputError(f"{model}: no float32 tensor of at least {min_elements} elements to code")
-    probe = Probe(onnx_model, sites, calibration, max_feeds=max_feeds)
+    probe = Probe(onnx_model, sites, calibration, max_feeds=max_feeds, state=state, sequence_length=sequence_length)
+    if not state:
+        pairs = state_candidates(probe.session.get_inputs(), probe.session.get_outputs())
+        if pairs:
+            notes.append("the model looks recurrent (" + ", ".join(f"{i} -> {o}" for i, o in pairs) + "): if the "
+                         "calibration feeds are consecutive steps, calibrate it as it streams with "
+                         + " ".join(f"--state {i}={o}" for i, o in pairs) + " (API: state=)")
     bar = _bar(len(sites), "importance", progress and importance != "uniform")
     h, sens = estimate_importance(probe, onnx_model, importance, trials=trials, seed=seed, feeds=importance_feeds,
                                   progress=bar.update if bar else None)
@@ -185,6 +194,7 @@ def compress_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
                   calibration=None, *, index_bits: int = 16, importance: str = "activation", min_elements: int = 64,
                   max_feeds: int | None = 64, seed: int = 0, kl_per_block: float = 1.0, greedy: bool = True,
                   centre: bool = True, per_row: bool = True, shrink: bool = False, equalise: bool = False,
+                  state: dict[str, str] | None = None, sequence_length: int | None = None,
                   progress: bool = True) -> OnnxCompressReport:
     """Compress an ONNX model to `output` (a `.mrc` path; None: do not write) within `budget` (file bytes
     as 65536 / "64KiB", or "2bpw" bits per coded weight). `model` may be an `Analysis` from `analyse`
@@ -202,6 +212,7 @@ def compress_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
         raise ValueError("index_bits must be within 1..24 for the post-training coder")
     an = model if isinstance(model, Analysis) else analyse(model, calibration, importance=importance,
                                                           min_elements=min_elements, max_feeds=max_feeds, seed=seed,
+                                                          state=state, sequence_length=sequence_length,
                                                           progress=progress)
     t0 = time.perf_counter()
     kind, value = parse_budget(budget, an.coded_weights)
@@ -308,7 +319,7 @@ def sweep_onnx(model, budgets: list, calibration=None, out_dir: str | os.PathLik
     """compress_onnx at every budget (importance measured once); writes `<stem>-<budget>.mrc` files to
     `out_dir` (if given), and the fidelity-size curve to `plot` (if given)."""
     opts = {k: kwargs.pop(k) for k in ("importance", "min_elements", "min_ndim", "max_feeds", "importance_feeds",
-                                       "trials", "progress") if k in kwargs}
+                                       "trials", "state", "sequence_length", "progress") if k in kwargs}
     an = model if isinstance(model, Analysis) else analyse(model, calibration, seed=kwargs.get("seed", 0), **opts)
     stem = Path(an.source).stem if an.source != "<bytes>" else "model"
     reports = []

@@ -1,0 +1,130 @@
+"""Calibrating recurrent ONNX models as they stream (`state=`, `mrc compress --state IN=OUT`): the state
+is carried between consecutive feeds, so weight errors accumulate through it as they do in use."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from mrcformat.encode.calibration import Probe, state_candidates  # noqa: E402
+from mrcformat.encode.onnx_compress import analyse, compress_onnx  # noqa: E402
+from mrcformat.encode.onnx_ingest import OnnxInputError, find_weights  # noqa: E402
+
+F = TensorProto.FLOAT
+H = 12
+
+
+def _rnn(seed: int = 0) -> onnx.ModelProto:
+    """stateN = tanh(x @ W + state @ U), y = stateN @ V: an Elman cell, state in and state out."""
+    rng = np.random.default_rng(seed)
+    W = (rng.standard_normal((8, H)) * 0.4).astype(np.float32)
+    U = (rng.standard_normal((H, H)) * 0.3).astype(np.float32)
+    V = (rng.standard_normal((H, 4)) * 0.5).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["a"]), helper.make_node("MatMul", ["state", "U"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["c"]), helper.make_node("Tanh", ["c"], ["stateN"]),
+             helper.make_node("MatMul", ["stateN", "V"], ["y"])]
+    g = helper.make_graph(nodes, "rnn", [helper.make_tensor_value_info("x", F, [1, 8]),
+                                         helper.make_tensor_value_info("state", F, [1, H])],
+                          [helper.make_tensor_value_info("y", F, [1, 4]),
+                           helper.make_tensor_value_info("stateN", F, [1, H])],
+                          [numpy_helper.from_array(a, n) for a, n in ((W, "W"), (U, "U"), (V, "V"))])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _np_stream(model, xs, s0, weights=None):
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    w.update(weights or {})
+    s, ys = s0, []
+    for x in xs:
+        s = np.tanh(x @ w["W"] + s @ w["U"])
+        ys.append(s @ w["V"])
+    return ys
+
+
+def _steps(n: int = 20, seed: int = 3):
+    """Feeds as a streaming loop records them: each step's recorded state is the previous stateN."""
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal((1, 8)).astype(np.float32) for _ in range(n)]
+    m = _rnn()
+    w = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    s, feeds = np.zeros((1, H), np.float32), []
+    for x in xs:
+        feeds.append({"x": x, "state": s.astype(np.float32)})
+        s = np.tanh(x @ w["W"] + s @ w["U"])
+    return feeds
+
+
+def test_state_is_carried_between_steps():
+    model, feeds = _rnn(), _steps()
+    sites, _ = find_weights(model, 16, 2)
+    # recorded states replaced by garbage after each sequence's first step: a carried state ignores them
+    spoiled = [dict(f, state=f["state"] if i % 5 == 0 else np.full((1, H), 9.0, np.float32))
+               for i, f in enumerate(feeds)]
+    p = Probe(model, sites, spoiled, state={"state": "stateN"}, sequence_length=5)
+    assert p.sequences == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14], [15, 16, 17, 18, 19]]
+    assert p.output_names == ["y"]              # the state output is carried, not measured
+    for q in p.sequences:
+        want = _np_stream(model, [feeds[i]["x"] for i in q], feeds[q[0]]["state"])
+        for i, y in zip(q, want):
+            np.testing.assert_allclose(p.reference[i][0], y, rtol=1e-5, atol=1e-6)
+    # a perturbed weight: the distortion is the streamed one, which differs from the single-step one
+    U = next(s.array for s in sites if s.name == "U")
+    k = next(i for i, s in enumerate(sites) if s.name == "U")
+    bad = U + np.float32(0.2)
+    d_stream = p.distortion({k: bad})
+    want = 0.0
+    for q in p.sequences:
+        xs, s0 = [feeds[i]["x"] for i in q], feeds[q[0]]["state"]
+        for r, y in zip(_np_stream(model, xs, s0), _np_stream(model, xs, s0, {"U": bad})):
+            want += float(np.mean((y - r) ** 2) / np.mean(r ** 2))
+    assert d_stream == pytest.approx(want / 20, rel=1e-4)
+    single = Probe(model, sites, feeds)
+    assert single.distortion({k: bad}) != pytest.approx(d_stream, rel=1e-2)
+
+
+def test_max_feeds_keeps_whole_sequences_and_subset_counts_feeds():
+    model, feeds = _rnn(), _steps(40)
+    sites, _ = find_weights(model, 16, 2)
+    p = Probe(model, sites, feeds, state={"state": "stateN"}, sequence_length=8, max_feeds=16)
+    assert [len(q) for q in p.sequences] == [8, 8] and len(p.feeds) == 16
+    assert p.sequences[0] == list(range(8))        # consecutive steps survive the subsampling
+    assert len(p.subset(8)) == 1 and len(p.subset(None)) == 2
+    one = Probe(model, sites, feeds, state={"state": "stateN"}, max_feeds=10)   # one long sequence, cut
+    assert one.sequences == [list(range(10))]
+
+
+def test_state_names_are_checked_and_candidates_suggested():
+    model, feeds = _rnn(), _steps(6)
+    sites, _ = find_weights(model, 16, 2)
+    with pytest.raises(OnnxInputError, match="state h=stateN"):
+        Probe(model, sites, feeds, state={"h": "stateN"})
+    p = Probe(model, sites, feeds)
+    assert state_candidates(p.session.get_inputs(), p.session.get_outputs()) == [("state", "stateN")]
+    an = analyse(model.SerializeToString(), feeds, importance="tensor", min_elements=16, progress=False)
+    assert any("--state state=stateN" in n for n in an.notes)
+    an = analyse(model.SerializeToString(), feeds, importance="tensor", min_elements=16, state={"state": "stateN"}, progress=False)
+    assert not any("--state" in n for n in an.notes)
+
+
+def test_streaming_calibration_compresses_and_measures_streamed_distortion(tmp_path):
+    model, feeds = _rnn(), _steps(24)
+    an = analyse(model.SerializeToString(), feeds, importance="tensor", min_elements=16, state={"state": "stateN"}, sequence_length=12,
+                 progress=False)
+    r = compress_onnx(an, tmp_path / "rnn.mrc", "6bpw", index_bits=8, progress=False)
+    import mrcformat as m
+    from mrcformat.decoder import decode
+
+    c = m.load(tmp_path / "rnn.mrc")
+    w = decode(c)
+    ys_ref, ys = [], []
+    for q in an.probe.sequences:
+        xs, s0 = [an.probe.feeds[i]["x"] for i in q], an.probe.feeds[q[0]]["state"]
+        ys_ref += _np_stream(model, xs, s0)
+        ys += _np_stream(model, xs, s0, w)
+    want = np.mean([np.mean((y - r) ** 2) / np.mean(r ** 2) for y, r in zip(ys, ys_ref)])
+    assert r.measured_distortion == pytest.approx(want, rel=1e-3)
+    assert 0 < r.measured_distortion < 0.5
+
