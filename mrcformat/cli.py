@@ -1,7 +1,9 @@
 """Command-line tool `mrc`: inspect, validate, decode and export `.mrc` files; compress `.onnx` models.
 
-Exit codes: 0 success; 1 `validate` found problems; 2 the file (or an argument) is unusable:
-a one-line message on stderr, never a traceback.
+Exit codes: 0 success (a valid file); 1 an invalid file (a format error, or over the memory budget);
+2 a usage or I/O error (bad arguments, a path that cannot be read or written, not a regular file).
+Errors are one line on stderr, never a traceback. Input paths must be regular files; outputs are
+written atomically and must be absent or regular files (never a symbolic link or a device).
 """
 from __future__ import annotations
 
@@ -14,14 +16,17 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .atomic import atomic_open
+from . import limits as L
+from .atomic import atomic_open, check_replaceable
 from .container import SAMPLER, Container
-from .errors import MrcError
-from .validate import validate_file
+from .errors import MrcError, ReadError
+from .fileread import read_file
+from .validate import validate_bytes
 
 __all__ = ["info_dict", "main"]
 
-EXIT_PROBLEMS = 1
+EXIT_INVALID = 1
+EXIT_PROBLEMS = EXIT_INVALID
 EXIT_ERROR = 2
 
 
@@ -34,23 +39,75 @@ def _show(s: str) -> str:
     return s if s.isprintable() else repr(s)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = EXIT_ERROR) -> None:
     click.echo(f"mrc: error: {_one_line(message)}", err=True)
-    sys.exit(EXIT_ERROR)
+    sys.exit(code)
 
 
-def _load(path: str) -> tuple[Container, int]:
+def _fail_file(path: str, e: MrcError) -> None:
+    """A file error: exit 2 when it cannot be read at all, 1 when it was read and is invalid."""
+    _fail(f"{path}: {e}", EXIT_ERROR if isinstance(e, ReadError) else EXIT_INVALID)
+
+
+def _load(path: str, budget: int | None = L.DEFAULT_MAX_DECODED_BYTES) -> tuple[Container, int]:
     from .reader import from_bytes
 
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        _fail(f"{path}: cannot read: {e.strerror or type(e).__name__}")
-    try:
-        return from_bytes(data), len(data)
+        data = read_file(path, max_bytes=budget)
+        return from_bytes(data, max_decoded_bytes=budget), len(data)
     except MrcError as e:
-        _fail(f"{path}: {e}")
+        _fail_file(path, e)
+
+
+def _output(path: str) -> Path:
+    """The output path, refused at once unless absent or a regular file (see `atomic.check_replaceable`)."""
+    try:
+        check_replaceable(path)
+    except OSError as e:
+        _fail(f"{path}: cannot write: {e.strerror or e}")
+    return Path(path)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_bytes(text: str) -> int | None:
+    """'2GiB', '512MiB', '1.5GB', '1048576' -> bytes; 'none' or 'unlimited' -> None (no budget)."""
+    t = text.strip().lower().replace(" ", "")
+    if t in ("none", "unlimited"):
+        return None
+    num = t.rstrip("kmgtib")
+    unit = t[len(num):]
+    if unit not in _UNITS:
+        raise ValueError(f"unknown unit in {text!r} (use B, KiB, MiB, GiB, KB, MB, GB)")
+    try:
+        value = float(num) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (e.g. 2GiB, 512MiB, 1048576, none)") from None
+    if not value >= 0 or value != value or value > 2**63:
+        raise ValueError(f"{text!r} is not a size")
+    return int(value)
+
+
+class _ByteSize(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        try:
+            return parse_bytes(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _budget_option(f):
+    return click.option(
+        "--max-decoded-bytes", "budget", type=_ByteSize(), default=str(L.DEFAULT_MAX_DECODED_BYTES),
+        show_default=f"{L.DEFAULT_MAX_DECODED_BYTES / 2**30:g}GiB",
+        help="Memory budget of the load: the most bytes it may allocate (file, decoded tensors, the copies "
+             "handed on, constants the graph creates); a larger file is refused (exit 1). 'none': no limit.")(f)
 
 
 # ---------------------------------------------------------------------------------------------- info
@@ -198,18 +255,32 @@ def _print_info(path: str, d: dict) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mrcformat", prog_name="mrc")
 def main() -> None:
-    """Inspect, validate, decode and export .mrc files (MIRACLE-compressed networks)."""
+    """Inspect, validate, decode and export .mrc files (MIRACLE-compressed networks).
+
+    \b
+    Exit status (every command):
+      0  success; for validate: every file is valid
+      1  an invalid file: a format error, or a file over the memory budget
+      2  a usage or I/O error: bad arguments, a path that cannot be read or
+         written, or that is not a regular file (FIFO, device, directory,
+         a symbolic link as output)
+    Errors are one line on stderr: "mrc: error: PATH: CODE at WHERE: MESSAGE".
+    """
 
 
-_EXISTING = click.Path(exists=True, dir_okay=False)
+# Existence and kind are checked by fileread.read_file (one-line ReadError, exit 2), not by click.
+_INPUT = click.Path()
+# Kind and replaceability are checked by `_output` (atomic.check_replaceable), with a one-line error.
+_OUTPUT = click.Path()
 
 
 @main.command()
-@click.argument("file", type=_EXISTING)
+@click.argument("file", type=_INPUT)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
-def info(file: str, as_json: bool) -> None:
+@_budget_option
+def info(file: str, as_json: bool, budget: int | None) -> None:
     """Summarise FILE: coding groups, tensors, graph and metadata."""
-    c, size = _load(file)
+    c, size = _load(file, budget)
     d = info_dict(c, size)
     if as_json:
         click.echo(json.dumps({"file": file, **d}, indent=2, ensure_ascii=False))
@@ -221,15 +292,23 @@ def info(file: str, as_json: bool) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {file, valid, problems}.")
 @click.option("--no-graph", is_flag=True, help="Do not check the stored ONNX graph.")
-def validate(files: tuple[str, ...], as_json: bool, no_graph: bool) -> None:
+@_budget_option
+def validate(files: tuple[str, ...], as_json: bool, no_graph: bool, budget: int | None) -> None:
     """Check FILE... against every rule of the format; report all problems.
 
-    Exit status 0 when every file is valid, 1 otherwise. One line per problem:
+    Exit status 0 when every file is valid, 1 when one is invalid, 2 when one cannot be read
+    (read-error: missing, no permission, not a regular file). One line per problem:
     `FILE: <code> at <where>: <message>`.
     """
     results = []
+    unreadable = False
     for f in files:
-        problems = validate_file(f, check_graph=not no_graph)
+        try:
+            problems = validate_bytes(read_file(f, max_bytes=budget), check_graph=not no_graph,
+                                      max_decoded_bytes=budget)
+        except MrcError as e:
+            problems = [e]
+            unreadable |= isinstance(e, ReadError)
         results.append({"file": f, "valid": not problems, "problems": [p.to_dict() for p in problems]})
         if not as_json:
             if problems:
@@ -239,7 +318,7 @@ def validate(files: tuple[str, ...], as_json: bool, no_graph: bool) -> None:
                 click.echo(f"{f}: ok")
     if as_json:
         click.echo(json.dumps(results, indent=2, ensure_ascii=False))
-    sys.exit(0 if all(r["valid"] for r in results) else EXIT_PROBLEMS)
+    sys.exit(EXIT_ERROR if unreadable else 0 if all(r["valid"] for r in results) else EXIT_INVALID)
 
 
 def _write_npz(c: Container, out: Path) -> int:
@@ -266,17 +345,18 @@ def _write_npz(c: Container, out: Path) -> int:
 
 
 @main.command()
-@click.argument("file", type=_EXISTING)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True),
+@click.argument("file", type=_INPUT)
+@click.option("-o", "--output", required=True, type=_OUTPUT,
               help="Destination .npz file.")
-def decode(file: str, output: str) -> None:
+@_budget_option
+def decode(file: str, output: str, budget: int | None) -> None:
     """Decode every tensor of FILE into an .npz archive.
 
     Coded tensors come out as float32, raw tensors in their stored dtype (bfloat16 as its
     uint16 bit patterns, bool as numpy bool). Load with numpy.load(OUTPUT) (no pickle needed).
     """
-    c, _ = _load(file)
-    out = Path(output)
+    out = _output(output)
+    c, _ = _load(file, budget)
     try:
         n = _write_npz(c, out)
     except (OSError, ValueError) as e:
@@ -285,12 +365,13 @@ def decode(file: str, output: str) -> None:
 
 
 @main.command()
-@click.argument("file", type=_EXISTING)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True),
+@click.argument("file", type=_INPUT)
+@click.option("-o", "--output", required=True, type=_OUTPUT,
               help="Destination .onnx file.")
 @click.option("--self-decoding", is_flag=True,
               help="Embed the decoder in the graph (weights regenerated at load time) instead of decoded weights.")
-def export(file: str, output: str, self_decoding: bool) -> None:
+@_budget_option
+def export(file: str, output: str, self_decoding: bool, budget: int | None) -> None:
     """Export FILE (which must hold a graph) as a standalone ONNX model."""
     try:
         from mrcformat_runtime.onnx_export import export as onnx_export
@@ -298,11 +379,15 @@ def export(file: str, output: str, self_decoding: bool) -> None:
         missing = getattr(e, "name", None) or ""
         hint = "" if missing.startswith("mrcformat_runtime") else "; install the extra: pip install 'mrcformat[onnx]'"
         _fail(f"ONNX export is not available: {e}{hint}")
-    _load(file)  # one clean message for a bad file, before the exporter runs
+    _output(output)
+    c, size = _load(file, budget)  # one clean message for a bad file, before the exporter runs
     try:
-        nbytes = onnx_export(file, output, self_decoding=self_decoding)
+        from mrcformat_runtime.load_budget import check_export_budget
+
+        check_export_budget(c, size, budget, self_decoding=self_decoding)
+        nbytes = onnx_export(c, output, self_decoding=self_decoding)
     except MrcError as e:
-        _fail(f"{file}: {e}")
+        _fail_file(file, e)
     except OSError as e:
         _fail(f"{output}: cannot write: {e.strerror or e}")
     except ValueError as e:  # e.g. a file without a graph
@@ -315,7 +400,7 @@ def _budgets(text: str) -> list[str]:
 
 
 @main.command()
-@click.argument("model", type=_EXISTING)
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--budget", help="Size of the .mrc file: bytes (65536), KiB/MiB (64KiB, 1.5MiB), or bits per coded "
               "weight (2bpw).")
 @click.option("--budgets", help="A sweep: comma-separated budgets; writes one file per budget into --output (a "
@@ -336,12 +421,18 @@ def _budgets(text: str) -> list[str]:
               help="Feeds each importance measurement runs over (cost: coded tensors x 2 x this many model runs).")
 @click.option("--min-elements", default=64, show_default=True, type=click.IntRange(1, None),
               help="Smaller float tensors stay in the graph as they are.")
+@click.option("--state", "state_pairs", multiple=True, metavar="IN=OUT",
+              help="A recurrent state: model input IN takes the previous step's output OUT. The calibration "
+              "feeds (in file-name order) then run as sequences with the state carried, as the model streams "
+              "in use. Repeat for several states.")
+@click.option("--sequence-length", type=click.IntRange(1, None),
+              help="With --state: steps per calibration sequence (default: all feeds form one sequence).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
 @click.option("--json", "as_json", is_flag=True, help="Print the report(s) as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compress(model: str, budget: str | None, budgets: str | None, calibration: str, output: str, index_bits: int,
-             importance: str, max_feeds: int, importance_feeds: int, min_elements: int, seed: int, as_json: bool,
-             quiet: bool) -> None:
+             importance: str, max_feeds: int, importance_feeds: int, min_elements: int, state_pairs: tuple[str, ...],
+             sequence_length: int | None, seed: int, as_json: bool, quiet: bool) -> None:
     """Compress an ONNX model (MODEL.onnx) into a .mrc file, without training.
 
     Weights are coded wherever they live (initializers, Constant nodes, If/Loop/Scan bodies); the graph
@@ -357,10 +448,19 @@ def compress(model: str, budget: str | None, budgets: str | None, calibration: s
         _fail(f"ONNX compression needs onnx and onnxruntime: {e}; install the extra: pip install 'mrcformat[onnx]'")
     import dataclasses
 
+    state = {}
+    for pair in state_pairs:
+        inp, eq, out = pair.partition("=")
+        if not eq or not inp or not out:
+            _fail(f"--state {pair}: give it as INPUT=OUTPUT (e.g. --state state=stateN)")
+        state[inp] = out
+    if sequence_length is not None and not state:
+        _fail("--sequence-length needs --state")
     opts = dict(index_bits=index_bits, seed=seed)
     try:
         an = oc.analyse(model, calibration, importance=importance, min_elements=min_elements, max_feeds=max_feeds,
-                        importance_feeds=importance_feeds, seed=seed, progress=not quiet)
+                        importance_feeds=importance_feeds, seed=seed, state=state or None,
+                        sequence_length=sequence_length, progress=not quiet)
         for note in an.notes:
             click.echo(f"note: {note}", err=True)
         if budget is not None:

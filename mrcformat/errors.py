@@ -14,7 +14,7 @@ __all__ = [
     "BlockSizeError", "CodingParameterError", "LayoutParameterError", "HashingError",
     "ScalesError", "SectionLayoutError", "PaddingError", "SectionReferenceError", "SectionLengthError",
     "IndexPayloadError", "MetadataError", "GraphError", "ExternalDataError", "TableError", "ReadError",
-    "InternalError",
+    "InternalError", "RuntimeGraphError", "UnsupportedGraphError",
 ]
 
 
@@ -77,3 +77,16 @@ ExternalDataError = _kind("ExternalDataError", "external-data", "The graph refer
 ReadError = _kind("ReadError", "read-error", "The file could not be opened or read (missing, a directory, no permission).")
 InternalError = _kind("InternalError", "internal-error", "The reader failed in an unforeseen way: a bug, reported instead of raised.")
 TableError = _kind("TableError", "table", "The installed sampler table does not match its specified SHA-256.")
+
+# Not file-format codes (SPEC 9 does not list them): raised by the loaders of mrcformat_runtime when a
+# graph the reader accepted cannot be run; the runtime's own message is kept in `message`.
+class RuntimeGraphError(GraphError):
+    """onnxruntime (or the torch converter) refused a graph that passed the reader's checks."""
+
+    code = "graph-runtime"
+
+
+class UnsupportedGraphError(RuntimeGraphError, NotImplementedError):
+    """The graph uses an operator or attribute form a loader does not implement (torch: `load_module`)."""
+
+    code = "graph-unsupported"

@@ -16,7 +16,11 @@ MAX_METADATA_ENTRIES = 4096
 MAX_METADATA_KEY_BYTES = 256
 ALIGNMENT = 64
 
-# Not a format cap: the reference reader's default bound on the bytes a file may decode to
-# (SPEC.md section 8 lets readers impose lower limits). A 64 KB file can legally declare ~2**31
-# weights; this keeps a hostile file from forcing a huge allocation. Callers can raise or drop it.
-DEFAULT_MAX_DECODED_BYTES = 2**32
+# Not a format cap: the default memory budget of every loader (SPEC.md section 8 lets readers impose
+# lower limits). A 600-byte file can legally declare ~2**31 weights; this keeps a hostile file from forcing
+# a huge allocation. Each loader counts what it allocates itself against it, before allocating: the file's
+# bytes and the decoded tensors (reader, decode); plus the copies handed to torch or onnxruntime and the
+# constants the graph creates at load (mrcformat_runtime.load_budget). 2 GiB loads models of up to about
+# 250 M float32 weights into torch and about 120 M into onnxruntime (VGG-16, 138 M, needs ~1.2 GiB in
+# torch); pass max_decoded_bytes=N (None: no limit) or `mrc ... --max-decoded-bytes 8GiB` for larger ones.
+DEFAULT_MAX_DECODED_BYTES = 2**31

@@ -685,7 +685,11 @@ def from_bytes(data: bytes | memoryview, check_graph: bool = True,
 
 def load(path: str | os.PathLike, check_graph: bool = True,
          max_decoded_bytes: int | None = L.DEFAULT_MAX_DECODED_BYTES) -> Container:
-    """Read and fully check a `.mrc` file. Never executes code from the file."""
-    with open(path, "rb") as f:
-        data = f.read()
+    """Read and fully check a `.mrc` file. Never executes code from the file.
+
+    Only a regular file is read (ReadError otherwise: missing, a FIFO, a device), its magic is checked
+    before the rest is read, and a file larger than `max_decoded_bytes` is refused (`fileread.read_file`)."""
+    from .fileread import read_file
+
+    data = read_file(path, max_bytes=max_decoded_bytes)
     return from_bytes(data, check_graph=check_graph, max_decoded_bytes=max_decoded_bytes)

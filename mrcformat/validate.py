@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import os
 
+from . import limits as L
 from .errors import InternalError, MrcError, ReadError
+from .fileread import read_file
 from .reader import parse
 
 __all__ = ["InternalError", "ReadError", "validate_bytes", "validate_file"]
 
 
-def validate_bytes(data: bytes | bytearray | memoryview, check_graph: bool = True) -> list[MrcError]:
+def validate_bytes(data: bytes | bytearray | memoryview, check_graph: bool = True,
+                   max_decoded_bytes: int | None = L.DEFAULT_MAX_DECODED_BYTES) -> list[MrcError]:
     """All problems of a file held in memory, in the order the strict reader meets them.
 
     The first problem is the one `from_bytes` raises; an empty list means `from_bytes` accepts it.
     """
     problems: list[MrcError] = []
     try:
-        result = parse(data, report=problems.append, check_graph=check_graph)
+        result = parse(data, report=problems.append, check_graph=check_graph, max_decoded_bytes=max_decoded_bytes)
     except MrcError as e:  # a rule that raises directly instead of reporting
         problems.append(e)
         return problems
@@ -33,12 +36,12 @@ def validate_bytes(data: bytes | bytearray | memoryview, check_graph: bool = Tru
     return problems
 
 
-def validate_file(path: str | os.PathLike, check_graph: bool = True) -> list[MrcError]:
-    """All problems of the file at `path`; a file that cannot be read gives one ReadError."""
+def validate_file(path: str | os.PathLike, check_graph: bool = True,
+                  max_decoded_bytes: int | None = L.DEFAULT_MAX_DECODED_BYTES) -> list[MrcError]:
+    """All problems of the file at `path`; a file that cannot be read (missing, not a regular file)
+    gives one ReadError, one larger than `max_decoded_bytes` one LimitError (`fileread.read_file`)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        return [ReadError(f"cannot read {os.fspath(path)!r}: {reason}")]
-    return validate_bytes(data, check_graph=check_graph)
+        data = read_file(path, max_bytes=max_decoded_bytes)
+    except MrcError as e:
+        return [e]
+    return validate_bytes(data, check_graph=check_graph, max_decoded_bytes=max_decoded_bytes)

@@ -38,9 +38,12 @@ import weakref
 
 import numpy as np
 
+from mrcformat import limits as L
 from mrcformat.container import Container
+from mrcformat.errors import MrcError, RuntimeGraphError
 
-from .onnx_model import decoded_arrays, fill_stub, graph_model, graph_stubs, load_container, raw_initializer, serialize, wanted_names
+from . import load_budget
+from .onnx_model import decoded_arrays, fill_stub, graph_model, graph_stubs, raw_initializer, serialize, wanted_names
 
 __all__ = ["DEFAULT_EXTERNAL_MIN_BYTES", "DEFAULT_PROVIDERS", "ort_decoded_arrays", "session", "trim_heap"]
 
@@ -97,6 +100,17 @@ def trim_heap() -> bool:
 _SESSION_CLASS = None
 
 
+def _container_and_size(src, budget: int | None) -> tuple[Container, int]:
+    """The checked Container and the bytes its file takes in memory (read with the budget)."""
+    if isinstance(src, Container):
+        return src, sum(t.data.nbytes for t in src.tensors if t.data is not None) + len(src.graph or b"")
+    from mrcformat.fileread import read_file
+    from mrcformat.reader import from_bytes
+
+    data = read_file(src, max_bytes=budget)
+    return from_bytes(data, max_decoded_bytes=budget), len(data)
+
+
 def _session_class():
     """onnxruntime.InferenceSession that refuses to be re-created in place once its external
     initializers' arrays were released (re-creation would hand onnxruntime freed memory)."""
@@ -121,6 +135,24 @@ def _session_class():
     return _SESSION_CLASS
 
 
+def _ort_call(what: str, fn, *args, **kwargs):
+    """Run an onnxruntime call; any exception but ours becomes RuntimeGraphError with onnxruntime's
+    message inside (onnxruntime raises its own classes, and UnicodeDecodeError for a message that is not
+    UTF-8; MemoryError when a graph asks for more than there is)."""
+    try:
+        return fn(*args, **kwargs)
+    except MrcError:
+        raise
+    except Exception as e:  # noqa: BLE001  # Fail, InvalidGraph, InvalidArgument, NotImplemented, ...
+        raise RuntimeGraphError(f"onnxruntime refused {what}: {type(e).__name__}: {e}", "graph") from e
+
+
+def _inference_session(cls, data: bytes, options, providers, **kwargs):
+    """An InferenceSession without onnxruntime's provider fallback, which prints an "EP Error" banner
+    to stdout and retries on another provider; its errors as RuntimeGraphError."""
+    return _ort_call("the graph", cls, data, options, providers=providers, enable_fallback=0, **kwargs)
+
+
 def ort_decoded_arrays(c: Container, wanted: set[str], providers=None):
     """(tensor, array) pairs like `onnx_model.decoded_arrays`, but computed by onnxruntime itself:
     one run of `regenerated_weights_model` in a session with graph optimisations off."""
@@ -130,10 +162,10 @@ def ort_decoded_arrays(c: Container, wanted: set[str], providers=None):
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    decoder = ort.InferenceSession(serialize(regenerated_weights_model(c)), opts,
-                                   providers=list(providers) if providers is not None else list(DEFAULT_PROVIDERS))
+    decoder = _inference_session(ort.InferenceSession, serialize(regenerated_weights_model(c)), opts,
+                                 list(providers) if providers is not None else list(DEFAULT_PROVIDERS))
     names = [o.name for o in decoder.get_outputs()]
-    values = dict(zip(names, decoder.run(None, {})))
+    values = dict(zip(names, _ort_call("the self-decoding run", decoder.run, None, {})))
     del decoder
     for t in c.tensors:
         if t.name in wanted:
@@ -141,7 +173,8 @@ def ort_decoded_arrays(c: Container, wanted: set[str], providers=None):
 
 
 def session(src: str | os.PathLike | Container, *, self_decoding: bool = False, providers=None, sess_options=None,
-            external_min_bytes: int | None = DEFAULT_EXTERNAL_MIN_BYTES, trim: bool = True):
+            external_min_bytes: int | None = DEFAULT_EXTERNAL_MIN_BYTES, trim: bool = True,
+            max_decoded_bytes: int | None = L.DEFAULT_MAX_DECODED_BYTES):
     """An onnxruntime.InferenceSession running the file's model.
 
     src: a path or a Container (the file must have a graph; GraphError otherwise). providers default to
@@ -157,14 +190,23 @@ def session(src: str | os.PathLike | Container, *, self_decoding: bool = False, 
     `sess_options`, the external initializers are added to it and their arrays live as long as it does
     (a session made from those options, now or later, may read them). `trim`: after creation, give the
     heap's free pages back to the OS (`trim_heap`): what onnxruntime's optimisations freed.
+
+    `max_decoded_bytes`: the memory budget of the load (`load_budget`): the file, the decoded weights,
+    onnxruntime's copy of them (2x), the serialized model and the constants the graph makes at load
+    (ONNX shape inference); LimitError before anything is decoded when they exceed it. None: no limit.
+    A bad file raises an MrcError only: RuntimeGraphError when onnxruntime refuses the graph (its message
+    inside); nothing is printed (onnxruntime's provider fallback, which prints a banner, is off).
     """
     import onnxruntime as ort
 
     providers = list(providers) if providers is not None else list(DEFAULT_PROVIDERS)
-    c = load_container(src)
+    c, file_bytes = _container_and_size(src, max_decoded_bytes)
     model = graph_model(c)
     stubs = graph_stubs(c, model)
     wanted = wanted_names(c, model, stubs)
+    consts = load_budget.graph_constants(model, c)
+    load_budget.check(file_bytes + 2 * load_budget.decoded_bytes(c, wanted) + 2 * len(c.graph or b"") + consts.bytes,
+                      max_decoded_bytes, "this onnxruntime session")
     arrays = ort_decoded_arrays(c, wanted, providers) if self_decoding else decoded_arrays(c, wanted)
     names, values = [], []
     top = model.graph
@@ -192,7 +234,8 @@ def session(src: str | os.PathLike | Container, *, self_decoding: bool = False, 
         sess_options.add_external_initializers(names, values)
     data = serialize(model)
     model = None
-    sess = _session_class()(data, sess_options, providers=providers)
+    extra = {"disabled_optimizers": ["ConstantFolding"]} if consts.unknown else {}
+    sess = _inference_session(_session_class(), data, sess_options, providers, **extra)
     data = None
     if own_options:
         # onnxruntime copied the external initializers while loading the model; only a re-creation

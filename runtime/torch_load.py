@@ -21,34 +21,57 @@ from typing import NamedTuple
 
 import torch
 
+from mrcformat import limits as L
 from mrcformat.container import Container
-from mrcformat.errors import GraphError
-from mrcformat.reader import from_bytes, load
+from mrcformat.errors import GraphError, MrcError, RuntimeGraphError, UnsupportedGraphError
+from mrcformat.fileread import read_file
+from mrcformat.reader import from_bytes
 
 from .torch_decode import decode, decode_group, raw_to_torch
 
 __all__ = ["LoadResult", "load_container", "load_into", "load_module", "load_state_dict"]
 
 
-def load_container(src: str | os.PathLike | bytes | Container) -> Container:
+def load_container(src: str | os.PathLike | bytes | Container,
+                   max_decoded_bytes: int | None = L.DEFAULT_MAX_DECODED_BYTES) -> Container:
     """`src` as a Container: a path or the file's bytes are read (and fully checked)."""
+    return _container_and_size(src, max_decoded_bytes)[0]
+
+
+def _container_and_size(src, budget: int | None) -> tuple[Container, int]:
     if isinstance(src, Container):
-        return src
+        return src, sum(t.data.nbytes for t in src.tensors if t.data is not None) + len(src.graph or b"")
     if isinstance(src, (bytes, bytearray, memoryview)):
-        return from_bytes(bytes(src))
-    return load(src)
+        data = bytes(src)
+    else:
+        data = read_file(src, max_bytes=budget)
+    return from_bytes(data, max_decoded_bytes=budget), len(data)
+
+
+def _checked(src, budget: int | None, what: str, graph_bytes=None) -> Container:
+    """The Container, once the load's allocations (file + decoded tensors [+ graph constants]) fit the budget."""
+    from . import load_budget
+
+    c, file_bytes = _container_and_size(src, budget)
+    extra = graph_bytes(c) if graph_bytes is not None else 0
+    load_budget.check(file_bytes + load_budget.decoded_bytes(c) + extra, budget, what)
+    return c
 
 
 def load_state_dict(path_or_container: str | os.PathLike | bytes | Container, device: torch.device | str = "cpu",
-                    *, chunk: int | None = None) -> dict[str, torch.Tensor]:
+                    *, chunk: int | None = None,
+                    max_decoded_bytes: int | None = L.DEFAULT_MAX_DECODED_BYTES) -> dict[str, torch.Tensor]:
     """All tensors of the file by name on `device`: coded ones float32 (bit-identical to the
     numpy reference decoder), raw ones in their stored dtype (bfloat16 -> torch.bfloat16).
 
     Coded tensors of one group are views of one buffer. To fill a model you already built, use
     `load_into(model, path)` (no second copy); or build the model on the meta device and call
     `model.load_state_dict(load_state_dict(path), assign=True)`, which makes these tensors its parameters.
+    `max_decoded_bytes`: memory budget (file + decoded tensors; `load_budget`), LimitError before
+    decoding when over it; None: no limit. A bad file raises an MrcError only.
     """
-    return decode(load_container(path_or_container), device, chunk=chunk)
+    c = _checked(path_or_container, max_decoded_bytes, "load_state_dict")
+    return decode(c, device, chunk=chunk)
 
 
 class LoadResult(NamedTuple):
@@ -63,7 +86,8 @@ def _direct_target(t: torch.Tensor) -> bool:
 
 
 def load_into(model: torch.nn.Module, path_or_container: str | os.PathLike | bytes | Container, *,
-              strict: bool = True, chunk: int | None = None) -> LoadResult:
+              strict: bool = True, chunk: int | None = None,
+              max_decoded_bytes: int | None = L.DEFAULT_MAX_DECODED_BYTES) -> LoadResult:
     """Decode the file's tensors into `model`'s parameters and buffers (matched by state_dict name),
     on the device each one lives on; the result equals `model.load_state_dict(load_state_dict(path))`.
 
@@ -76,8 +100,10 @@ def load_into(model: torch.nn.Module, path_or_container: str | os.PathLike | byt
     with `strict` (default) on a state_dict entry the file lacks or a file tensor the model lacks.
     Returns the unmatched names. Parameters on the meta device cannot be filled: use
     `model.load_state_dict(load_state_dict(path), assign=True)`.
+    `max_decoded_bytes`: the reader's bound on the file and its decoded size (the weights land in the
+    model's own memory, so nothing else is counted).
     """
-    c = load_container(path_or_container)
+    c = _container_and_size(path_or_container, max_decoded_bytes)[0]
     targets = model.state_dict(keep_vars=True)
     file_names = {t.name for t in c.tensors}
     missing = [k for k in targets if k not in file_names]
@@ -127,19 +153,37 @@ def load_into(model: torch.nn.Module, path_or_container: str | os.PathLike | byt
 
 
 def load_module(path_or_container: str | os.PathLike | bytes | Container, device: torch.device | str = "cpu",
-                *, chunk: int | None = None) -> torch.nn.Module:
+                *, chunk: int | None = None,
+                max_decoded_bytes: int | None = L.DEFAULT_MAX_DECODED_BYTES) -> torch.nn.Module:
     """The model stored in the file as an eval-mode `torch.nn.Module` on `device`.
 
     The module's parameters and buffers are the decoded tensors themselves (views of each group's
-    buffer, decoded on `device`), not copies. Raises GraphError if the file has no graph section, and
-    NotImplementedError (when building) if the graph uses an operator that `onnx_to_torch` does not support.
+    buffer, decoded on `device`), not copies. Raises GraphError if the file has no graph section,
+    UnsupportedGraphError (also a NotImplementedError) if the graph uses an operator or attribute form
+    that `onnx_to_torch` does not support, and RuntimeGraphError for any other graph the converter
+    cannot build (a missing attribute, a wrong type). `max_decoded_bytes`: memory budget (file + decoded
+    tensors + constants the graph creates; `load_budget`), checked before decoding; None: no limit.
     """
     import onnx
 
+    from . import load_budget
     from .onnx_to_torch import OnnxModule
 
-    c = load_container(path_or_container)
-    if c.graph is None:
-        raise GraphError("the file has no graph section; use load_state_dict with your model class", "graph")
+    def graph_bytes(c: Container) -> int:
+        if c.graph is None:
+            raise GraphError("the file has no graph section; use load_state_dict with your model class", "graph")
+        return len(c.graph) + load_budget.graph_constants(onnx.ModelProto.FromString(bytes(c.graph)), c).bytes
+
+    c = _checked(path_or_container, max_decoded_bytes, "load_module", graph_bytes)
     model = onnx.ModelProto.FromString(bytes(c.graph))
-    return OnnxModule(model, decode(c, device, chunk=chunk)).to(device).eval()
+    tensors = decode(c, device, chunk=chunk)
+    try:
+        module = OnnxModule(model, tensors)
+    except MrcError:
+        raise
+    except NotImplementedError as e:
+        raise UnsupportedGraphError(f"cannot build a torch module: {e}", "graph") from e
+    except Exception as e:  # noqa: BLE001  # the converter meeting a graph it does not expect (KeyError, ...)
+        raise RuntimeGraphError(f"cannot build a torch module from the graph: {type(e).__name__}: {e}",
+                                "graph") from e
+    return module.to(device).eval()

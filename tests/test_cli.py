@@ -28,9 +28,9 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def assert_clean_error(result, *needles):
-    """Exit 2 with one line on stderr and no traceback."""
-    assert result.exit_code == 2, result.output
+def assert_clean_error(result, *needles, code: int = 2):
+    """Exit `code` (2: usage or I/O error, 1: an invalid file) with one line on stderr and no traceback."""
+    assert result.exit_code == code, result.output
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
@@ -92,7 +92,7 @@ def test_info_without_groups_or_graph(tmp_path):
 def test_info_corrupt_file(files):
     _, bad = files
     r = run("info", bad)
-    assert_clean_error(r, str(bad), "trailing-bytes", f"offset {len(BASE)}")
+    assert_clean_error(r, str(bad), "trailing-bytes", f"offset {len(BASE)}", code=1)
 
 
 def test_info_missing_file(tmp_path):
@@ -134,7 +134,7 @@ def test_validate_json(files, tmp_path):
     good, bad = files
     missing = tmp_path / "missing.mrc"
     r = run("validate", "--json", good, bad, missing)
-    assert r.exit_code == 1
+    assert r.exit_code == 2  # the missing file
     d = json.loads(r.stdout)
     assert [(x["file"], x["valid"]) for x in d] == [(str(good), True), (str(bad), False), (str(missing), False)]
     assert d[0]["problems"] == []
@@ -143,13 +143,14 @@ def test_validate_json(files, tmp_path):
     assert d[2]["problems"][0]["code"] == "read-error"
     r = run("validate", "--json", good)
     assert r.exit_code == 0 and json.loads(r.stdout)[0]["valid"] is True
+    assert run("validate", "--json", good, bad).exit_code == 1
 
 
 def test_validate_unreadable_and_empty(tmp_path):
     empty = tmp_path / "empty.mrc"
     empty.write_bytes(b"")
     r = run("validate", empty, tmp_path)
-    assert r.exit_code == 1
+    assert r.exit_code == 2  # one path could not be read (a directory): an I/O error outranks an invalid file
     lines = r.stdout.splitlines()
     assert lines[0].startswith(f"{empty}: truncated at offset 0:")
     assert lines[1].startswith(f"{tmp_path}: read-error")
@@ -209,7 +210,7 @@ def test_decode_corrupt_file(files, tmp_path):
     _, bad = files
     out = tmp_path / "w.npz"
     r = run("decode", bad, "-o", out)
-    assert_clean_error(r, "trailing-bytes")
+    assert_clean_error(r, "trailing-bytes", code=1)
     assert not out.exists()
 
 
@@ -246,13 +247,13 @@ def test_export_without_graph(tmp_path):
     src = tmp_path / "ng.mrc"
     save(Container(seed=1, tensors=[Tensor("x", (2,), "raw", dtype="float32", data=np.zeros(2, np.float32))]), src)
     r = run("export", src, "-o", tmp_path / "x.onnx")
-    assert_clean_error(r, "graph")
+    assert_clean_error(r, "graph", code=1)
 
 
 def test_export_corrupt_file(files, tmp_path):
     pytest.importorskip("mrcformat_runtime.onnx_export")
     _, bad = files
-    assert_clean_error(run("export", bad, "-o", tmp_path / "x.onnx"), "trailing-bytes")
+    assert_clean_error(run("export", bad, "-o", tmp_path / "x.onnx"), "trailing-bytes", code=1)
 
 
 def test_export_module_missing(files, tmp_path, monkeypatch):
