@@ -128,3 +128,28 @@ def test_streaming_calibration_compresses_and_measures_streamed_distortion(tmp_p
     assert r.measured_distortion == pytest.approx(want, rel=1e-3)
     assert 0 < r.measured_distortion < 0.5
 
+
+
+def test_cli_state_option(tmp_path):
+    from click.testing import CliRunner
+
+    from mrcformat.cli import main
+
+    path = tmp_path / "rnn.onnx"
+    onnx.save(_rnn(), path)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, f in enumerate(_steps(10)):
+        np.savez(calib / f"{i:03d}.npz", **f)
+    out = tmp_path / "o.mrc"
+    base = ["compress", str(path), "--budget", "6bpw", "--calibration", str(calib), "-o", str(out),
+            "--index-bits", "8", "--min-elements", "16", "--quiet"]
+    r = CliRunner().invoke(main, base)
+    assert r.exit_code == 0 and "--state state=stateN" in r.output
+    r = CliRunner().invoke(main, base + ["--state", "state=stateN", "--sequence-length", "5"])
+    assert r.exit_code == 0, r.output
+    assert "--state state=stateN" not in r.output and out.is_file()
+    bad = CliRunner().invoke(main, base + ["--state", "state"])
+    assert bad.exit_code != 0 and "INPUT=OUTPUT" in bad.output
+    bad = CliRunner().invoke(main, base + ["--sequence-length", "5"])
+    assert bad.exit_code != 0 and "needs --state" in bad.output
