@@ -14,7 +14,7 @@ __all__ = [
     "BlockSizeError", "CodingParameterError", "LayoutParameterError", "HashingError",
     "ScalesError", "SectionLayoutError", "PaddingError", "SectionReferenceError", "SectionLengthError",
     "IndexPayloadError", "MetadataError", "GraphError", "ExternalDataError", "TableError", "ReadError",
-    "InternalError", "RuntimeGraphError", "UnsupportedGraphError",
+    "InternalError", "ReservedError", "GroupReferenceError", "RawValueError", "RuntimeGraphError", "UnsupportedGraphError",
 ]
 
 
@@ -76,6 +76,9 @@ GraphError = _kind("GraphError", "graph", "The architecture graph is malformed o
 ExternalDataError = _kind("ExternalDataError", "external-data", "The graph refers to data outside the file.")
 ReadError = _kind("ReadError", "read-error", "The file could not be opened or read (missing, a directory, no permission).")
 InternalError = _kind("InternalError", "internal-error", "The reader failed in an unforeseen way: a bug, reported instead of raised.")
+ReservedError = _kind("ReservedError", "reserved", "The preamble's reserved word is not zero.")
+GroupReferenceError = _kind("GroupReferenceError", "group-reference", "A coded tensor's group index names no group.")
+RawValueError = _kind("RawValueError", "raw-value", "A raw tensor's bytes are not a value of its dtype (a bool byte other than 0 or 1).")
 TableError = _kind("TableError", "table", "The installed sampler table does not match its specified SHA-256.")
 
 # Not file-format codes (SPEC 9 does not list them): raised by the loaders of mrcformat_runtime when a

@@ -15,6 +15,7 @@ MAX_NAME_BYTES = 1024
 MAX_METADATA_ENTRIES = 4096
 MAX_METADATA_KEY_BYTES = 256
 ALIGNMENT = 64
+MAX_NESTING_DEPTH = 64             # arrays/maps nested in the header, the header map counted as 1
 
 # Not a format cap: the default memory budget of every loader (SPEC.md section 8 lets readers impose
 # lower limits). A 600-byte file can legally declare ~2**31 weights; this keeps a hostile file from forcing

@@ -76,7 +76,8 @@ def constant_value(node):
 def find_stubs(graph, names: set[str] | frozenset[str]) -> tuple[list[Stub], list[tuple[str, str]]]:
     """Every place in `graph` (any depth) that claims one of `names`: initializers with that name and
     Constant nodes with that output. Returns (stubs, problems); a problem is (message, path) for a
-    claim that is not a valid stub (it has data, or is a Constant with other attributes)."""
+    claim that is not a valid stub (it has data, is a Constant with other attributes, or is a sparse
+    initializer: SPEC.md 7.6)."""
     stubs: list[Stub] = []
     problems: list[tuple[str, str]] = []
     for g, path in graphs_with_paths(graph):
@@ -87,6 +88,10 @@ def find_stubs(graph, names: set[str] | frozenset[str]) -> tuple[list[Stub], lis
                     problems.append((f"initializer {t.name!r} has the name of a file tensor but holds data", where))
                 else:
                     stubs.append(Stub(t.name, t, g, None, where))
+        for i, sp in enumerate(g.sparse_initializer):  # a sparse initializer holds data: never a stub
+            if sp.values.name in names:
+                problems.append((f"sparse initializer {sp.values.name!r} has the name of a file tensor",
+                                 f"{path}/sparse_initializer[{i}]"))
         for i, node in enumerate(g.node):
             if node.op_type != "Constant" or node.domain not in CONSTANT_DOMAINS:
                 continue

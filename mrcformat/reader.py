@@ -1,4 +1,5 @@
-"""Reading `.mrc` files: every rule of SPEC.md sections 6-9 is checked before data is returned.
+"""Reading `.mrc` files: every rule of SPEC.md sections 6-9 is checked before data is returned, in the
+order of SPEC.md 9.2 (so a file with several faults is rejected with the same code by every reader).
 
 `parse` takes a `report` callback: the default raises the first problem (the strict reader);
 `mrcformat.validate` passes one that collects them all, so both share one set of rules.
@@ -21,14 +22,17 @@ from .errors import (
     BadMagicError, BlockSizeError, ChecksumError, CodingParameterError, DuplicateNameError, ExternalDataError,
     FieldTypeError, FieldValueError, GraphError, HashingError, HeaderDecodeError, HeaderSizeError,
     IndexPayloadError, IndexWidthError, LayoutParameterError, LimitError, MetadataError,
-    MissingFieldError, MrcError, PaddingError, ScalesError, SectionLayoutError, SectionLengthError,
-    SectionReferenceError, ShapeError, TrailingBytesError, TruncatedError, UnknownDTypeError,
+    GroupReferenceError, MissingFieldError, MrcError, PaddingError, RawValueError, ReservedError, ScalesError,
+    SectionLayoutError, SectionLengthError, SectionReferenceError, ShapeError, TrailingBytesError, TruncatedError, UnknownDTypeError,
     UnknownEncodingError, UnknownFieldError, UnknownSamplerError, UnsupportedVersionError,
 )
 from .layout import Layout
-from .sampler import SIGMA_MAX_EXP, SIGMA_MIN_EXP, bf16_bits_to_float, check_coding_parameters
+from .sampler import SIGMA_MAX_EXP, SIGMA_MIN_EXP, bf16_bits_to_float, f32_bits_to_float, is_valid_sigma_bits
 
 __all__ = ["parse", "from_bytes", "load", "Report"]
+
+
+MAX_NESTING_DEPTH = L.MAX_NESTING_DEPTH        # arrays/maps inside the header map, the map itself counted
 
 
 def _align(n: int) -> int:
@@ -46,54 +50,66 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _typename(v) -> str:
+    return {dict: "a map", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
+            type(None): "nil"}.get(type(v), type(v).__name__)
+
+
+_BAD = object()  # a field that was missing or wrong (already reported)
+
+
+def _path(base: str, key: str) -> str:
+    return f"{base}.{key}" if base else str(key)
+
+
 class _Fields:
-    """Typed access to one header map; reports problems with the field path."""
+    """Typed access to one header map (SPEC.md 9.2, step 8); reports problems with the field path."""
 
-    def __init__(self, obj, path: str, report: Report, known: tuple[str, ...], strict_unknown: bool):
-        self.obj, self.path, self.report, self.ok, self.is_map = obj, path, report, True, True
-        if not isinstance(obj, dict):
-            self.ok = self.is_map = False
-            report(FieldTypeError(f"expected a map, found {type(obj).__name__}", path))
-            self.obj = {}
-            return
-        if strict_unknown:
-            for k in obj:
+    def __init__(self, obj: dict, path: str, report: Report):
+        self.obj, self.path, self.report, self.ok = obj, path, report, True
+
+    def fail(self, err: MrcError) -> object:
+        self.ok = False
+        self.report(err)
+        return _BAD
+
+    def unknown(self, known: tuple[str, ...], strict: bool) -> None:
+        """Fields this version does not define: errors at minor <= ours, ignored at a newer minor."""
+        if strict:
+            for k in self.obj:
                 if k not in known:
-                    self.ok = False
-                    report(UnknownFieldError(f"field {k!r} is not defined in this format version", f"{path}.{k}" if path else str(k)))
+                    self.fail(UnknownFieldError(f"field {k!r} is not defined in this format version", _path(self.path, k)))
 
-    def _p(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def get(self, key: str, check: Callable[[object], bool], kind: str, optional_nil: bool = False):
-        if not self.is_map:  # already reported as a whole; its fields are not missing one by one
-            return None
+    def get(self, key: str, kind: type, nil_ok: bool = False):
         if key not in self.obj:
-            self.ok = False
-            self.report(MissingFieldError(f"required field {key!r} is missing", self._p(key)))
-            return None
+            return self.fail(MissingFieldError(f"required field {key!r} is missing", _path(self.path, key)))
         v = self.obj[key]
-        if v is None and optional_nil:
+        if v is None and nil_ok:
             return None
-        if not check(v):
-            self.ok = False
-            self.report(FieldTypeError(f"expected {kind}, found {type(v).__name__}", self._p(key)))
-            return None
+        if not (_is_int(v) if kind is int else isinstance(v, kind)):
+            return self.fail(FieldTypeError(f"expected {_typename(kind())}, found {type(v).__name__}", _path(self.path, key)))
         return v
 
-    def int(self, key: str, lo: int, hi: int, err=FieldValueError, optional_nil: bool = False):
-        v = self.get(key, _is_int, "an integer", optional_nil)
-        if v is not None and not lo <= v <= hi:
-            self.ok = False
-            self.report(err(f"{v} is outside {lo}..{hi}", self._p(key)))
-            return None
+    def int(self, key: str, lo: int | None = None, hi: int | None = None, err=FieldValueError, hi_err=None,
+            nil_ok: bool = False):
+        v = self.get(key, int, nil_ok)
+        if v is _BAD or v is None:
+            return v
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            cls = hi_err if hi_err is not None and hi is not None and v > hi else err
+            return self.fail(cls(f"{v} is outside {lo}..{hi}", _path(self.path, key)))
         return v
 
 
 def _decode_header(raw: bytes, report: Report):
+    """Step 7 (SPEC.md 9.2): one msgpack map, nothing after it; only nil, bool, int, str, array and map;
+    string map keys, none repeated; nesting at most MAX_NESTING_DEPTH. Every violation is `header-decode`
+    at the header's offset."""
     def pairs_hook(pairs):
         d = {}
         for k, v in pairs:
+            if not isinstance(k, str):
+                raise HeaderDecodeError(f"map key of type {_typename(k)}: header map keys must be strings", PREAMBLE_SIZE)
             if k in d:
                 raise HeaderDecodeError(f"map key {k!r} appears twice", PREAMBLE_SIZE)
             d[k] = v
@@ -104,9 +120,9 @@ def _decode_header(raw: bytes, report: Report):
 
     try:
         obj = msgpack.unpackb(
-            raw, raw=False, strict_map_key=True, use_list=True, object_pairs_hook=pairs_hook,
-            ext_hook=ext_hook, max_str_len=len(raw), max_bin_len=0, max_array_len=L.MAX_TENSORS * 2 + 16,
-            max_map_len=L.MAX_METADATA_ENTRIES + 16, max_ext_len=0)
+            raw, raw=False, strict_map_key=False, use_list=True, object_pairs_hook=pairs_hook,
+            ext_hook=ext_hook, max_str_len=len(raw), max_bin_len=0, max_array_len=len(raw),
+            max_map_len=len(raw) // 2, max_ext_len=0)
     except HeaderDecodeError as e:
         report(e)
         return None
@@ -116,16 +132,26 @@ def _decode_header(raw: bytes, report: Report):
     if not isinstance(obj, dict):
         report(HeaderDecodeError(f"header must be a msgpack map, found {type(obj).__name__}", PREAMBLE_SIZE))
         return None
+    stack = [(obj, 1)]  # iterative: a hostile header cannot exhaust Python's recursion
+    while stack:
+        x, depth = stack.pop()
+        if depth > MAX_NESTING_DEPTH:
+            report(HeaderDecodeError(f"header nests arrays/maps deeper than {MAX_NESTING_DEPTH} levels", PREAMBLE_SIZE))
+            return None
+        for v in (x.values() if isinstance(x, dict) else x):
+            if isinstance(v, (dict, list)):
+                stack.append((v, depth + 1))
+            elif not (v is None or isinstance(v, (bool, int, str))):
+                what = "float" if isinstance(v, float) else "bin" if isinstance(v, bytes) else type(v).__name__
+                report(HeaderDecodeError(f"msgpack {what} values are not allowed in the header", PREAMBLE_SIZE))
+                return None
     return obj
-
-
-def _check_string(s, max_bytes: int) -> bool:
-    return isinstance(s, str) and 0 < len(s.encode("utf-8", "surrogatepass")) <= max_bytes
 
 
 def parse(data: bytes | memoryview, report: Report = _raise, check_graph: bool = True,
           max_decoded_bytes: int | None = L.DEFAULT_MAX_DECODED_BYTES) -> Container | None:
-    """Parse and check a whole file. With the default `report`, the first problem is raised.
+    """Parse and check a whole file, in the order of SPEC.md 9.2. With the default `report`, the first
+    problem is raised.
 
     Raw tensors are read-only numpy views of `data` (no copy). Returns None only when a
     collecting `report` swallowed a problem that makes the rest unreadable.
@@ -150,7 +176,7 @@ def parse(data: bytes | memoryview, report: Report = _raise, check_graph: bool =
         report(UnsupportedVersionError(f"format version {major}.{minor}; this reader implements {VERSION[0]}.x", 8))
         return None
     if reserved != 0:
-        report(FieldValueError(f"reserved preamble word is {reserved:#x}, must be 0", 20))
+        report(ReservedError(f"reserved preamble word is {reserved:#x}, must be 0", 20))
     if hlen == 0 or hlen > L.HEADER_MAX:
         report(HeaderSizeError(f"header length {hlen} is outside 1..{L.HEADER_MAX}", 12))
         return None
@@ -179,46 +205,52 @@ _TENSOR_RAW = ("name", "shape", "encoding", "dtype", "section")
 _SECTION = ("kind", "offset", "length", "crc32")
 
 
+def _array(top: _Fields, key: str, cap: int | None) -> list:
+    v = top.get(key, list)
+    if v is _BAD:
+        return []
+    if cap is not None and len(v) > cap:
+        top.fail(LimitError(f"{len(v)} {key} exceed the cap {cap}", key))
+        return []
+    return v
+
+
 def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, report: Report,
                   check_graph: bool, max_decoded_bytes: int | None) -> Container | None:
     v11 = tuple(version) >= (1, 1)
-    top = _Fields(obj, "", report, _TOP_1_1 if v11 else _TOP, strict)
-    sampler = top.get("sampler", lambda v: isinstance(v, str), "a string")
-    if sampler is not None and sampler != SAMPLER:
-        report(UnknownSamplerError(f"sampler {sampler!r} is not defined; version 1 defines {SAMPLER!r}", "sampler"))
+    # --- step 8: every header field, in the order of SPEC.md 7.3's tables: top level, groups, tensors, sections
+    top = _Fields(obj, "", report)
+    top.unknown(_TOP_1_1 if v11 else _TOP, strict)
+    sampler = top.get("sampler", str)
+    if sampler is not _BAD and sampler != SAMPLER:
+        top.fail(UnknownSamplerError(f"sampler {sampler!r} is not defined; version 1 defines {SAMPLER!r}", "sampler"))
     seed = top.int("seed", 0, 2**64 - 1)
-    glist = top.get("groups", lambda v: isinstance(v, list), "an array") or []
-    tlist = top.get("tensors", lambda v: isinstance(v, list), "an array") or []
-    slist = top.get("sections", lambda v: isinstance(v, list), "an array") or []
-    if len(glist) > L.MAX_GROUPS:
-        report(LimitError(f"{len(glist)} groups exceed the cap {L.MAX_GROUPS}", "groups"))
-        glist = []
-    if len(tlist) > L.MAX_TENSORS:
-        report(LimitError(f"{len(tlist)} tensors exceed the cap {L.MAX_TENSORS}", "tensors"))
-        tlist = []
-    nsec = len(slist)
-    isec = top.int("indices", 0, max(nsec - 1, 0), SectionReferenceError, optional_nil=True)
-    gsec = top.int("graph", 0, max(nsec - 1, 0), SectionReferenceError, optional_nil=True)
-    metadata = _parse_metadata(top, report)
+    glist = _array(top, "groups", L.MAX_GROUPS)
+    tlist = _array(top, "tensors", L.MAX_TENSORS)
+    isec = top.int("indices", nil_ok=True)
+    gsec = top.int("graph", nil_ok=True)
+    slist = _array(top, "sections", None)
+    metadata = _parse_metadata(top)
     graph_size = None
-    if v11 and top.is_map and "graph_size" in top.obj:
-        graph_size = top.int("graph_size", 1, MAX_GRAPH_SIZE, LimitError)
-        if graph_size is not None and gsec is None:
-            report(FieldValueError("graph_size is given but the file has no graph", "graph_size"))
-            graph_size = None
-
-    sections = _parse_sections(slist, buf, n, hend, strict, report)
+    if v11 and "graph_size" in obj:
+        graph_size = top.int("graph_size", 1, MAX_GRAPH_SIZE)
+        if graph_size is not _BAD and gsec is None:
+            graph_size = top.fail(FieldValueError("graph_size is given but the file has no graph", "graph_size"))
     scale_refs: dict[int, int] = {}
-    groups = [_parse_group(i, g, strict, report, v11, nsec, scale_refs) for i, g in enumerate(glist)]
-    tensors = _parse_tensors(tlist, len(groups), nsec, strict, report)
-    if seed is None or sections is None or any(x is None for x in groups + tensors) or not top.ok:
+    groups = [_parse_group(gi, g, strict, report, v11, scale_refs) for gi, g in enumerate(glist)]
+    tensors = _parse_tensors(tlist, strict, report)
+    sections = [_parse_section(si, s, strict, report) for si, s in enumerate(slist)]
+    header_ok = top.ok and None not in groups and None not in tensors
+    # --- step 9: the file's layout
+    if None in sections or not _check_layout(sections, buf, n, hend, report) or not header_ok:
         return None
-    # --- cross references
+    # --- step 10: references
     used: dict[int, str] = {}
+    nsec = len(sections)
 
     def claim(si: int, kind: str, who: str) -> bool:
-        if not 0 <= si < len(sections):  # e.g. indices=0 in a file with no sections
-            report(SectionReferenceError(f"section {si} does not exist; the file has {len(sections)}", who))
+        if not 0 <= si < nsec:
+            report(SectionReferenceError(f"section {si} does not exist; the file has {nsec}", who))
             return False
         if si in used:
             report(SectionReferenceError(f"section {si} is already used by {used[si]}", who))
@@ -233,24 +265,29 @@ def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, repo
     if groups and isec is None:
         report(SectionReferenceError("groups exist but no indices section is given", "indices"))
         ok = False
-    if not groups and isec is not None:
+    elif not groups and isec is not None:
         report(SectionReferenceError("an indices section is given but there are no groups", "indices"))
         ok = False
-    if isec is not None and not claim(isec, "indices", "indices"):
-        ok = False
-    if gsec is not None and not claim(gsec, "graph", "graph"):
-        ok = False
+    elif isec is not None:
+        ok &= claim(isec, "indices", "indices")
+    if gsec is not None:
+        ok &= claim(gsec, "graph", "graph")
     for ti, t in enumerate(tensors):
-        if t.encoding == "raw" and not claim(t.section, "raw", f"tensors[{ti}].section"):
+        if t.encoding == "raw":
+            ok &= claim(t.section, "raw", f"tensors[{ti}].section")
+        elif not 0 <= t.group < len(groups):
+            report(GroupReferenceError(f"group {t.group} does not exist; the file has {len(groups)}",
+                                       f"tensors[{ti}].group"))
             ok = False
     for gi, si in scale_refs.items():
-        if not claim(si, "scales", f"groups[{gi}].scales"):
-            ok = False
+        ok &= claim(si, "scales", f"groups[{gi}].scales")
     for si in range(nsec):
         if si not in used:
             report(SectionReferenceError(f"section {si} ({sections[si][0]}) is not referenced by anything", f"sections[{si}]"))
             ok = False
-    # group membership and hashing ratios
+    if not ok:
+        return None
+    # --- step 11: group sizes
     weights = [0] * len(groups)
     for t in tensors:
         if t.encoding == "coded":
@@ -277,9 +314,9 @@ def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, repo
         ok = False
     if not ok:
         return None
-    # --- payloads
+    # --- step 12: payloads
     if isec is not None:
-        _, off, length = sections[isec]
+        _, off, length, _ = sections[isec]
         need = sum(g.payload_length for g in groups)
         if length != need:
             report(IndexPayloadError(f"indices section is {length} bytes; the groups need exactly {need}", f"sections[{isec}].length"))
@@ -293,10 +330,10 @@ def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, repo
             g.indices = unpack_indices(np.frombuffer(payload, dtype=np.uint8), g.num_blocks, g.index_bits)
             pos += g.payload_length
     for gi, si in scale_refs.items():
-        ok &= _read_scales(groups[gi], gi, sections[si], buf, report)
-    for ti, t in enumerate(tensors):
+        ok &= _read_scales(groups[gi], gi, si, sections[si], buf, report)
+    for t in tensors:
         if t.encoding == "raw":
-            _, off, length = sections[t.section]
+            _, off, length, _ = sections[t.section]
             itemsize = np.dtype(DTYPES[t.dtype]).itemsize
             if length != t.numel * itemsize:
                 report(SectionLengthError(f"raw tensor {t.name!r} needs {t.numel * itemsize} bytes, section has {length}",
@@ -305,12 +342,13 @@ def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, repo
                 continue
             arr = np.frombuffer(buf, dtype=DTYPES[t.dtype], count=t.numel, offset=off).reshape(t.shape)
             if t.dtype == "bool" and arr.size and int(arr.max()) > 1:
-                report(FieldValueError(f"bool tensor {t.name!r} holds bytes other than 0 and 1", off))
+                first = int(np.argmax(arr.reshape(-1) > 1))
+                report(RawValueError(f"bool tensor {t.name!r} holds bytes other than 0 and 1", off + first))
                 ok = False
             t.data = arr
     graph = None
     if gsec is not None:
-        _, off, length = sections[gsec]
+        _, off, length, _ = sections[gsec]
         graph = bytes(buf[off:off + length])
         if graph_size is not None:
             graph = _inflate_graph(graph, graph_size, max_decoded_bytes, f"sections[{gsec}]", report)
@@ -323,42 +361,49 @@ def _parse_header(obj: dict, buf, n: int, hend: int, version, strict: bool, repo
                      graph_deflate=graph_size is not None)
 
 
-def _parse_metadata(top: _Fields, report: Report) -> dict[str, str]:
-    md = top.get("metadata", lambda v: isinstance(v, dict), "a map")
-    if md is None:
+def _parse_metadata(top: _Fields) -> dict[str, str]:
+    if "metadata" not in top.obj:
+        top.fail(MissingFieldError("required field 'metadata' is missing", "metadata"))
+        return {}
+    md = top.obj["metadata"]
+    if not isinstance(md, dict):
+        top.fail(MetadataError(f"metadata must be a map of strings to strings, found {type(md).__name__}", "metadata"))
         return {}
     if len(md) > L.MAX_METADATA_ENTRIES:
-        report(MetadataError(f"{len(md)} metadata entries exceed the cap {L.MAX_METADATA_ENTRIES}", "metadata"))
+        top.fail(MetadataError(f"{len(md)} metadata entries exceed the cap {L.MAX_METADATA_ENTRIES}", "metadata"))
         return {}
     out = {}
-    for k, v in md.items():
-        if not _check_string(k, L.MAX_METADATA_KEY_BYTES):
-            report(MetadataError(f"metadata key {k!r} must be a non-empty string of at most {L.MAX_METADATA_KEY_BYTES} bytes", "metadata"))
-            top.ok = False
+    for k, v in md.items():  # keys are strings: step 7 rejects any other key
+        if not 0 < len(k.encode("utf-8", "surrogatepass")) <= L.MAX_METADATA_KEY_BYTES:
+            top.fail(MetadataError(f"metadata key {k[:40]!r} must be 1..{L.MAX_METADATA_KEY_BYTES} bytes of UTF-8", "metadata"))
         elif not isinstance(v, str):
-            report(MetadataError(f"metadata value must be a string, found {type(v).__name__}", f"metadata.{k}"))
-            top.ok = False
+            top.fail(MetadataError(f"metadata value must be a string, found {type(v).__name__}", f"metadata.{k}"))
         else:
             out[k] = v
     return out
 
 
-def _parse_sections(slist: list, buf, n: int, hend: int, strict: bool, report: Report):
-    out, ok, expected = [], True, _align(hend)
-    prev_end = hend
-    for si, s in enumerate(slist):
-        f = _Fields(s, f"sections[{si}]", report, _SECTION, strict)
-        kind = f.get("kind", lambda v: isinstance(v, str), "a string")
-        off = f.int("offset", 0, 2**64 - 1)
-        length = f.int("length", 0, 2**64 - 1)
-        crc = f.int("crc32", 0, 2**32 - 1)
-        if kind is not None and kind not in SECTION_KINDS:
-            report(FieldValueError(f"section kind {kind!r} is not one of {SECTION_KINDS}", f"sections[{si}].kind"))
-            f.ok = False
-        if not f.ok:
-            ok = False
-        if off is None or length is None:
-            break  # its extent is unknown, so the sections after it cannot be checked against it
+def _parse_section(si: int, s, strict: bool, report: Report) -> tuple | None:
+    where = f"sections[{si}]"
+    if not isinstance(s, dict):
+        report(FieldTypeError(f"expected a map, found {type(s).__name__}", where))
+        return None
+    f = _Fields(s, where, report)
+    f.unknown(_SECTION, strict)
+    kind = f.get("kind", str)
+    if kind is not _BAD and kind not in SECTION_KINDS:
+        f.fail(FieldValueError(f"section kind {kind!r} is not one of {SECTION_KINDS}", f"{where}.kind"))
+    off = f.int("offset", 0, 2**64 - 1)
+    length = f.int("length", 0, 2**64 - 1)
+    crc = f.int("crc32", 0, 2**32 - 1)
+    return (kind, off, length, crc) if f.ok else None
+
+
+def _check_layout(sections: list, buf, n: int, hend: int, report: Report) -> bool:
+    """Step 9: each section where SPEC.md 7.1 puts it, inside the file, zero padding before it, its CRC;
+    then no byte after the last one."""
+    ok, expected, prev_end = True, _align(hend), hend
+    for si, (kind, off, length, crc) in enumerate(sections):
         if off != expected:
             if off < prev_end:
                 what = "overlaps the header" if si == 0 else f"overlaps or precedes section {si - 1}"
@@ -367,36 +412,29 @@ def _parse_sections(slist: list, buf, n: int, hend: int, strict: bool, report: R
             else:
                 what = "leaves unused bytes before it"
             report(SectionLayoutError(f"section starts at {off} and {what}; it must start at {expected}", f"sections[{si}].offset"))
-            ok = False
-            break
+            return False
         if off + length > n:
             report(TruncatedError(f"section {si} ({kind}) spans {off}..{off + length} but the file ends at {n}", off))
-            ok = False
-            break
+            return False
         pad = bytes(buf[prev_end:off])
         if pad.count(0) != len(pad):
             report(PaddingError("alignment padding before a section is not zero", prev_end + next(i for i, b in enumerate(pad) if b)))
             ok = False
         actual = zlib.crc32(buf[off:off + length])
-        if crc is not None and actual != crc:
+        if actual != crc:
             report(ChecksumError(f"section {si} ({kind}) CRC-32 is {actual:08x}, header says {crc:08x}", off))
             ok = False
-        out.append((kind, off, length))
         prev_end = off + length
         expected = _align(prev_end)
-    if ok:
-        end = prev_end
-        if n > end:
-            report(TrailingBytesError(f"{n - end} bytes after the end of the last structure", end))
-            ok = False
-    return out if ok else None
+    if ok and n > prev_end:
+        report(TrailingBytesError(f"{n - prev_end} bytes after the end of the last structure", prev_end))
+        ok = False
+    return ok
 
 
 def _inflate_graph(data: bytes, size: int, max_decoded_bytes: int | None, where: str, report: Report) -> bytes | None:
     """The graph section of a file with `graph_size` (1.1): one zlib stream (RFC 1950) that inflates to
     exactly `size` bytes and ends at the section's end. Inflation stops at size + 1 bytes (no bomb)."""
-    import zlib
-
     if max_decoded_bytes is not None and size > max_decoded_bytes:
         report(LimitError(f"graph_size {size} is over this reader's limit of {max_decoded_bytes} bytes", "graph_size"))
         return None
@@ -415,20 +453,18 @@ def _inflate_graph(data: bytes, size: int, max_decoded_bytes: int | None, where:
     return out
 
 
-def _read_scales(g: Group, gi: int, section, buf, report: Report) -> bool:
+def _read_scales(g: Group, gi: int, si: int, section, buf, report: Report) -> bool:
     """A group's scales section (1.1): count = length / 2 bfloat16 patterns; count divides num_values;
-    no hashing; every scale and every product sigma * scale a valid sigma (SPEC.md 7.3)."""
-    _, off, length = section
+    every scale and every product sigma * scale a valid sigma (SPEC.md 7.5). (Hashing is refused in step 8.)"""
+    _, off, length, _ = section
     where = f"groups[{gi}].scales"
     if length == 0 or length % 2:
-        report(SectionLengthError(f"a scales section holds 2-byte entries, at least one; it has {length} bytes", where))
+        report(SectionLengthError(f"a scales section holds 2-byte entries, at least one; it has {length} bytes",
+                                  f"sections[{si}].length"))
         return False
     count = length // 2
     if g.num_values % count:
         report(ScalesError(f"{count} scales do not divide the group's {g.num_values} values", where))
-        return False
-    if g.hashing:
-        report(ScalesError("a group with scales must not use hashing", where))
         return False
     bits = np.frombuffer(buf, dtype="<u2", count=count, offset=off)
     b = bits.astype(np.uint32)
@@ -447,126 +483,131 @@ def _read_scales(g: Group, gi: int, section, buf, report: Report) -> bool:
     return True
 
 
-def _parse_group(gi: int, g, strict: bool, report: Report, v11: bool = False, nsec: int = 0,
-                 scale_refs: dict | None = None) -> Group | None:
+def _parse_group(gi: int, g, strict: bool, report: Report, v11: bool, scale_refs: dict[int, int]) -> Group | None:
     where = f"groups[{gi}]"
-    f = _Fields(g, where, report, _GROUP_1_1 if v11 else _GROUP, strict)
-    if v11 and f.is_map and "scales" in f.obj:
-        si = f.int("scales", 0, max(nsec - 1, 0), SectionReferenceError)
-        if si is not None and scale_refs is not None:
-            scale_refs[gi] = si
+    if not isinstance(g, dict):
+        report(FieldTypeError(f"expected a map, found {type(g).__name__}", where))
+        return None
+    f = _Fields(g, where, report)
+    f.unknown(_GROUP_1_1 if v11 else _GROUP, strict)
     mu = f.int("mu", 0, 2**32 - 1)
+    if mu is not _BAD and not np.isfinite(f32_bits_to_float(mu)):
+        mu = f.fail(CodingParameterError(f"mu bits 0x{mu:08x} are not a finite float32", f"{where}.mu"))
     sigma = f.int("sigma", 0, 2**16 - 1)
+    if sigma is not _BAD and not is_valid_sigma_bits(sigma):
+        sigma = f.fail(CodingParameterError(f"sigma bits 0x{sigma:04x} are not a positive bfloat16 in "
+                                            f"[2^{SIGMA_MIN_EXP}, 2^{SIGMA_MAX_EXP}]", f"{where}.sigma"))
     bsize = f.int("block_size", 1, L.MAX_BLOCK_SIZE, BlockSizeError)
     bits = f.int("index_bits", 1, L.MAX_INDEX_BITS, IndexWidthError)
-    nv = f.int("num_values", 1, L.MAX_NUM_VALUES, LimitError)
-    hashing = f.get("hashing", lambda v: isinstance(v, bool), "a boolean")
-    lay = f.get("layout", lambda v: isinstance(v, dict), "a map")
-    layout = None
-    if lay is not None:
-        kind = lay.get("kind")
-        if kind == "contiguous":
-            lf = _Fields(lay, f"{where}.layout", report, ("kind",), strict)
-            layout = Layout() if lf.ok else None
-        elif kind == "affine":
-            lf = _Fields(lay, f"{where}.layout", report, ("kind", "a", "c"), strict)
-            a = lf.int("a", 0, L.MAX_NUM_VALUES - 1, LayoutParameterError)
-            c = lf.int("c", 0, L.MAX_NUM_VALUES - 1, LayoutParameterError)
-            if lf.ok and nv is not None:
-                if not (a < nv and c < nv and math.gcd(a, nv) == 1):
-                    report(LayoutParameterError(f"affine layout needs 0 <= a, c < {nv} and gcd(a, {nv}) = 1; got a={a}, c={c}",
-                                                f"{where}.layout"))
-                else:
-                    layout = Layout("affine", a, c)
-        else:
-            shown = repr(kind) if isinstance(kind, str) or kind is None else f"of type {type(kind).__name__}"
-            report(FieldValueError(f"layout kind {shown} is not 'contiguous' or 'affine'", f"{where}.layout.kind"))
-    if mu is not None and sigma is not None:
-        try:
-            check_coding_parameters(mu, sigma, where)
-        except MrcError as e:
-            report(e)
-            return None
-    if None in (mu, sigma, bsize, bits, nv, hashing, layout) or not f.ok:
+    nv = f.int("num_values", 1, L.MAX_NUM_VALUES, FieldValueError, hi_err=LimitError)
+    layout = _parse_layout(f, nv, strict)
+    hashing = f.get("hashing", bool)
+    if v11 and "scales" in g:
+        si = f.int("scales")  # which section: checked with the other references (step 10)
+        if si is not _BAD and hashing is True:
+            f.fail(ScalesError("a group with scales must not use hashing", f"{where}.scales"))
+        elif si is not _BAD:
+            scale_refs[gi] = si
+    if not f.ok:
         return None
     return Group(mu, sigma, bsize, bits, nv, layout, hashing, np.zeros(0, dtype=np.int64))
 
 
-def _parse_tensors(tlist: list, ngroups: int, nsec: int, strict: bool, report: Report) -> list:
+def _parse_layout(f: _Fields, nv, strict: bool):
+    lay = f.get("layout", dict)
+    if lay is _BAD:
+        return _BAD
+    lf = _Fields(lay, f"{f.path}.layout", f.report)
+    kind = lf.get("kind", str)
+    if kind is not _BAD and kind not in ("contiguous", "affine"):
+        kind = lf.fail(FieldValueError(f"layout kind {kind!r} is not 'contiguous' or 'affine'", f"{lf.path}.kind"))
+    layout = _BAD
+    if kind == "contiguous":
+        lf.unknown(("kind",), strict)
+        layout = Layout()
+    elif kind == "affine":
+        lf.unknown(("kind", "a", "c"), strict)
+        hi = nv - 1 if nv is not _BAD else L.MAX_NUM_VALUES - 1
+        a = lf.int("a", 0, hi, LayoutParameterError)
+        c = lf.int("c", 0, hi, LayoutParameterError)
+        if _BAD not in (a, c, nv):
+            if math.gcd(a, nv) != 1:
+                lf.fail(LayoutParameterError(f"affine layout needs gcd(a, num_values) = 1; gcd({a}, {nv}) = {math.gcd(a, nv)}",
+                                             lf.path))
+            else:
+                layout = Layout("affine", a, c)
+    if not lf.ok:
+        f.ok = False
+        return _BAD
+    return layout
+
+
+def _parse_tensors(tlist: list, strict: bool, report: Report) -> list:
     out, names = [], {}
     for ti, t in enumerate(tlist):
         where = f"tensors[{ti}]"
-        enc = t.get("encoding") if isinstance(t, dict) else None
-        if isinstance(t, dict) and enc not in ("coded", "raw"):
-            if isinstance(enc, str) or enc is None and "encoding" in t:
-                report(UnknownEncodingError(f"encoding {enc!r} is not 'coded' or 'raw'", f"{where}.encoding"))
-            elif "encoding" not in t:
-                report(MissingFieldError("required field 'encoding' is missing", f"{where}.encoding"))
-            else:
-                report(FieldTypeError(f"expected a string, found {type(enc).__name__}", f"{where}.encoding"))
+        if not isinstance(t, dict):
+            report(FieldTypeError(f"expected a map, found {type(t).__name__}", where))
             out.append(None)
             continue
-        f = _Fields(t, where, report, _TENSOR_CODED if enc == "coded" else _TENSOR_RAW, strict)
-        name = f.get("name", lambda v: isinstance(v, str), "a string")
-        if name is not None and not _check_string(name, L.MAX_NAME_BYTES):
-            report(FieldValueError(f"name must be 1..{L.MAX_NAME_BYTES} bytes of UTF-8", f"{where}.name"))
-            name = None
-        if name is not None:
-            if name in names:
-                report(DuplicateNameError(f"name {name!r} is also used by tensors[{names[name]}]", f"{where}.name"))
-                name = None
+        f = _Fields(t, where, report)
+        enc = f.get("encoding", str)
+        if enc is not _BAD and enc not in ("coded", "raw"):
+            f.fail(UnknownEncodingError(f"encoding {enc!r} is not 'coded' or 'raw'", f"{where}.encoding"))
+        if not f.ok:
+            out.append(None)
+            continue
+        f.unknown(_TENSOR_CODED if enc == "coded" else _TENSOR_RAW, strict)
+        name = f.get("name", str)
+        if name is not _BAD:
+            size = len(name.encode("utf-8", "surrogatepass"))
+            if size == 0:
+                name = f.fail(FieldValueError("a tensor name must not be empty", f"{where}.name"))
+            elif size > L.MAX_NAME_BYTES:
+                name = f.fail(LimitError(f"name is {size} bytes of UTF-8, over the cap {L.MAX_NAME_BYTES}", f"{where}.name"))
+            elif name in names:
+                name = f.fail(DuplicateNameError(f"name {name!r} is also used by tensors[{names[name]}]", f"{where}.name"))
             else:
                 names[name] = ti
-        shape = _parse_shape(f.get("shape", lambda v: isinstance(v, list), "an array"), f"{where}.shape", report)
+        shape = _parse_shape(f, f"{where}.shape")
         if enc == "coded":
-            ref = f.int("group", 0, max(ngroups - 1, 0), SectionReferenceError)
-            if ref is not None and ngroups == 0:
-                report(SectionReferenceError("coded tensor refers to a group but the file has none", f"{where}.group"))
-                ref = None
-            dtype = "float32"
+            ref, dtype = f.int("group"), "float32"  # which group: checked with the references (step 10)
         else:
-            dtype = f.get("dtype", lambda v: isinstance(v, str), "a string")
-            if dtype is not None and dtype not in DTYPES:
-                report(UnknownDTypeError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}", f"{where}.dtype"))
-                dtype = None
-            ref = f.int("section", 0, max(nsec - 1, 0), SectionReferenceError)
-            if ref is not None and nsec == 0:
-                report(SectionReferenceError("raw tensor refers to a section but the file has none", f"{where}.section"))
-                ref = None
-        if None in (name, shape, ref, dtype) or not f.ok:
+            dtype = f.get("dtype", str)
+            if dtype is not _BAD and dtype not in DTYPES:
+                dtype = f.fail(UnknownDTypeError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}", f"{where}.dtype"))
+            ref = f.int("section")
+        if not f.ok:
             out.append(None)
-            continue
-        if enc == "coded":
+        elif enc == "coded":
             out.append(Tensor(name=name, shape=shape, encoding=enc, group=ref, dtype=dtype))
         else:
             out.append(Tensor(name=name, shape=shape, encoding=enc, dtype=dtype, section=ref))
     return out
 
 
-def _parse_shape(shape, where: str, report: Report) -> tuple[int, ...] | None:
-    if shape is None:
-        return None
+def _parse_shape(f: _Fields, where: str) -> tuple[int, ...] | object:
+    shape = f.get("shape", list)
+    if shape is _BAD:
+        return _BAD
     if len(shape) > L.MAX_RANK:
-        report(LimitError(f"rank {len(shape)} exceeds the cap {L.MAX_RANK}", where))
-        return None
-    numel = 1
+        return f.fail(LimitError(f"rank {len(shape)} exceeds the cap {L.MAX_RANK}", where))
     for i, d in enumerate(shape):
         if not _is_int(d):
-            report(FieldTypeError(f"dimension must be an integer, found {type(d).__name__}", f"{where}[{i}]"))
-            return None
+            return f.fail(FieldTypeError(f"dimension must be an integer, found {type(d).__name__}", f"{where}[{i}]"))
         if d < 0 or d > L.MAX_DIM:
-            report(ShapeError(f"dimension {d} is outside 0..{L.MAX_DIM}", f"{where}[{i}]"))
-            return None
-        numel *= d
-        if numel > L.MAX_TENSOR_ELEMENTS:
-            report(ShapeError(f"element count overflows the cap {L.MAX_TENSOR_ELEMENTS}", where))
-            return None
+            return f.fail(ShapeError(f"dimension {d} is outside 0..{L.MAX_DIM}", f"{where}[{i}]"))
+    if math.prod(shape) > L.MAX_TENSOR_ELEMENTS:
+        return f.fail(ShapeError(f"element count {math.prod(shape)} is over the cap {L.MAX_TENSOR_ELEMENTS}", where))
     return tuple(shape)
 
 
 def _check_graph(graph: bytes, tensors: list[Tensor], where: str, report: Report,
                  version: tuple[int, int] = (1, 0)) -> bool:
-    """ONNX graph rules (SPEC.md 7.6). Needs the `onnx` package; without it the graph is not checked."""
+    """ONNX graph rules (SPEC.md 7.6), in the order of SPEC.md 9.2 step 12: a ModelProto with a graph,
+    no external data anywhere, the minor-0 name rule or the 1.1 stub rules, then the top graph's inputs.
+    Needs the `onnx` package (a dependency); without it the graph is not checked and the reader does
+    not conform."""
     try:
         import onnx
     except ImportError:  # pragma: no cover - onnx is a dependency, but the core must not need it
@@ -586,7 +627,7 @@ def _check_graph(graph: bytes, tensors: list[Tensor], where: str, report: Report
         report(ExternalDataError(f"graph tensor {name!r} points to external data; weights must come from this file", where))
         ok = False
     file_names = {t.name for t in tensors}
-    inits = {i.name for i in model.graph.initializer}
+    inits = {i.name for i in model.graph.initializer} | {s.values.name for s in model.graph.sparse_initializer}
     if version >= (1, 1):
         ok &= _check_stubs(model.graph, tensors, where, report)
     else:
@@ -596,7 +637,6 @@ def _check_graph(graph: bytes, tensors: list[Tensor], where: str, report: Report
                               where))
             ok = False
     defined = file_names | inits | {i.name for i in model.graph.input} | {""}
-    defined |= {s.values.name for s in model.graph.sparse_initializer}
     for node in model.graph.node:
         for name in node.input:
             if name not in defined:

@@ -76,7 +76,7 @@ def test_invalid_vector_is_rejected_with_its_code(name):
     data = (VECTORS / name).read_bytes()
     with pytest.raises(MrcError) as e:
         mrcformat.from_bytes(data)
-    assert e.value.code == MANIFEST["invalid"][name]["code"]
+    assert (e.value.code, e.value.where) == (MANIFEST["invalid"][name]["code"], MANIFEST["invalid"][name]["where"])
 
 
 def test_vectors_regenerate_byte_identically():
@@ -103,15 +103,32 @@ def _philox(c, k):
     return c0, c1, c2, c3
 
 
+def _spec_table() -> tuple[float, ...]:
+    table_bytes = (Path(mrcformat.__file__).parent / "_data" / "normal16.f32").read_bytes()
+    assert hashlib.sha256(table_bytes).hexdigest() == CONSTANTS["sampler"]["table_sha256"]
+    return struct.unpack("<65536f", table_bytes)
+
+
+def _spec_u(seed: int, g: int, b: int, k: int, j: int) -> int:
+    """SPEC.md 4.2: the 16-bit sample of slot j of candidate k of block b of group g."""
+    x = _philox((j >> 3, k, b, (0 << 24) | g), (seed & 0xFFFFFFFF, seed >> 32))
+    lane = j & 7
+    return (x[lane >> 1] >> (16 * (lane & 1))) & 0xFFFF
+
+
+def _spec_hash(seed: int, g: int, n: int, t: int) -> tuple[int, int]:
+    """SPEC.md 5.3: (h(t), s(t)) of weight position t."""
+    x = _philox((t >> 1, 0, 0, (1 << 24) | g), (seed & 0xFFFFFFFF, seed >> 32))
+    lane = t & 1
+    return (x[2 * lane] * n) >> 32, -1 if x[2 * lane + 1] & 1 else 1
+
+
 def _spec_decode(data: bytes) -> dict[str, bytes]:
     assert data[:8] == b"\x89MRC\r\n\x1a\n"
     hlen = struct.unpack_from("<I", data, 12)[0]
     h = msgpack.unpackb(data[24:24 + hlen], raw=False)
-    table_bytes = (Path(mrcformat.__file__).parent / "_data" / "normal16.f32").read_bytes()
-    assert hashlib.sha256(table_bytes).hexdigest() == CONSTANTS["sampler"]["table_sha256"]
-    table = struct.unpack("<65536f", table_bytes)
+    table = _spec_table()
     seed = h["seed"]
-    key = (seed & 0xFFFFFFFF, seed >> 32)
     out: dict[str, bytes] = {}
     stream_pos = h["sections"][h["indices"]]["offset"] if h["indices"] is not None else 0
     for g, grp in enumerate(h["groups"]):
@@ -143,9 +160,7 @@ def _spec_decode(data: bytes) -> dict[str, bytes]:
         def value(i):
             p = pi(i)
             b, j = divmod(p, bsz)
-            x = _philox((j >> 3, idx[b], b, (0 << 24) | g), key)
-            lane = j & 7
-            u = (x[lane >> 1] >> (16 * (lane & 1))) & 0xFFFF
+            u = _spec_u(seed, g, b, idx[b], j)
             if scales is None:
                 return mu + sigma * np.float32(table[u])
             count, sk = scales
@@ -156,11 +171,8 @@ def _spec_decode(data: bytes) -> dict[str, bytes]:
         weights = []
         for t in range(m):
             if grp["hashing"]:
-                x = _philox((t >> 1, 0, 0, (1 << 24) | g), key)
-                lane = t & 1
-                hv = (x[2 * lane] * n) >> 32
-                s = np.float32(-1.0) if x[2 * lane + 1] & 1 else np.float32(1.0)
-                weights.append(s * value(hv))
+                hv, s = _spec_hash(seed, g, n, t)
+                weights.append(np.float32(s) * value(hv))
             else:
                 weights.append(value(t))
         pos = 0
@@ -180,3 +192,72 @@ def test_independent_spec_decoder_matches_manifest(name):
     decoded = _spec_decode((VECTORS / name).read_bytes())
     for tname, t in MANIFEST["valid"][name]["tensors"].items():
         assert hashlib.sha256(decoded[tname]).hexdigest() == t["sha256"], tname
+
+
+# --------------------------------------------------------------------------------------------
+# Known answers (spec/known_answers.json): intermediate values, reproduced by the package and by the
+# spec-text functions above.
+
+KNOWN = json.loads((SPEC / "known_answers.json").read_text(encoding="utf-8"))
+
+
+def _f32(bits: int) -> np.float32:
+    return np.array([bits], dtype="<u4").view("<f4")[0]
+
+
+def _candidate_value(case: dict, table_u: np.float32) -> np.float32:
+    mu, sigma = _f32(int(case["mu_bits"], 16)), _f32(int(case["sigma_bits"], 16) << 16)
+    if "scale_bits" in case:
+        sigma = np.float32(sigma * _f32(int(case["scale_bits"], 16) << 16))
+    return np.float32(mu + np.float32(sigma * table_u))
+
+
+def _bits(x: np.float32) -> str:
+    return f"{int(np.array([x], '<f4').view('<u4')[0]):08x}"
+
+
+def test_known_answers_cover_the_edges():
+    c, h = KNOWN["candidates"], KNOWN["hashing"]
+    assert len(c) >= 5 and len(h) >= 5
+    assert {e["slot"] & 7 for e in c} >= {0, 1, 7} and any(e["slot"] >= 8 for e in c)
+    assert any(e["seed"] == 2**64 - 1 for e in c) and any("scale_bits" in e for e in c)
+    assert {e["s"] for e in h} == {-1, 1} and {e["t"] & 1 for e in h} == {0, 1}
+
+
+@pytest.mark.parametrize("case", KNOWN["candidates"], ids=lambda c: f"seed{c['seed']}-g{c['group']}-b{c['block']}-k{c['index']}-j{c['slot']}")
+def test_known_candidate_answers_reference(case):
+    from mrcformat.sampler import normal_table
+    from mrcformat.streams import candidate_u16, seed_key
+
+    counter = tuple(int(x, 16) for x in case["philox_counter"])
+    assert counter == (case["slot"] >> 3, case["index"], case["block"], case["group"])
+    assert [f"{x:08x}" for x in philox4x32_scalar(counter, seed_key(case["seed"]))] == case["philox_output"]
+    u = candidate_u16(case["seed"], case["group"], np.array([case["block"]]), np.array([case["index"]]), case["slot"] + 1)
+    assert int(u[0, case["slot"]]) == case["u"]
+    t = normal_table()[case["u"]]
+    assert _bits(t) == case["table_u_bits"]
+    assert _bits(_candidate_value(case, t)) == case["value_bits"]
+
+
+@pytest.mark.parametrize("case", KNOWN["candidates"], ids=lambda c: f"seed{c['seed']}-g{c['group']}-b{c['block']}-k{c['index']}-j{c['slot']}")
+def test_known_candidate_answers_spec_text(case):
+    key = (case["seed"] & 0xFFFFFFFF, case["seed"] >> 32)
+    counter = (case["slot"] >> 3, case["index"], case["block"], (0 << 24) | case["group"])
+    assert [f"{x:08x}" for x in _philox(counter, key)] == case["philox_output"]
+    u = _spec_u(case["seed"], case["group"], case["block"], case["index"], case["slot"])
+    assert u == case["u"]
+    t = np.float32(_spec_table()[u])
+    assert _bits(t) == case["table_u_bits"]
+    assert _bits(_candidate_value(case, t)) == case["value_bits"]
+
+
+@pytest.mark.parametrize("case", KNOWN["hashing"], ids=lambda c: f"seed{c['seed']}-g{c['group']}-n{c['num_values']}-t{c['t']}")
+def test_known_hashing_answers(case):
+    from mrcformat.streams import hash_words
+
+    key = (case["seed"] & 0xFFFFFFFF, case["seed"] >> 32)
+    counter = (case["t"] >> 1, 0, 0, (1 << 24) | case["group"])
+    assert [f"{x:08x}" for x in _philox(counter, key)] == case["philox_output"]
+    assert _spec_hash(case["seed"], case["group"], case["num_values"], case["t"]) == (case["h"], case["s"])
+    h, s = hash_words(case["seed"], case["group"], np.array([case["t"]], dtype=np.uint64), case["num_values"])
+    assert (int(h[0]), int(s[0])) == (case["h"], case["s"])

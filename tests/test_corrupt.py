@@ -276,7 +276,7 @@ CASES = [
     Case("not-an-mrc-file", lambda: b"PK\x03\x04" + b"\0" * 60, E.BadMagicError, 0),
     Case("major-2", lambda: set_preamble(major=2), E.UnsupportedVersionError, 8),
     Case("major-0", lambda: set_preamble(major=0), E.UnsupportedVersionError, 8),
-    Case("reserved-nonzero", lambda: set_preamble(reserved=1), E.FieldValueError, 20),
+    Case("reserved-nonzero", lambda: set_preamble(reserved=1), E.ReservedError, 20),
     Case("empty-file", lambda: b"", E.TruncatedError, 0),
     Case("truncated-in-magic", lambda: BASE[:5], E.TruncatedError, 5),
     Case("truncated-in-preamble", lambda: BASE[:12], E.TruncatedError, 12),
@@ -331,13 +331,18 @@ CASES = [
     Case("huge-dim", header_case(_set("tensors.2.shape", [2**31])), E.ShapeError, "tensors[2].shape[0]"),
     Case("element-count-overflow", header_case(_set("tensors.0.shape", [65536, 65536])), E.ShapeError, "tensors[0].shape"),
     Case("rank-over-8", header_case(_set("tensors.0.shape", [1] * 9)), E.LimitError, "tensors[0].shape"),
-    Case("dim-not-integer", header_case(_set("tensors.0.shape", [2, 5.0])), E.FieldTypeError, "tensors[0].shape[1]"),
+    Case("dim-not-integer", header_case(_set("tensors.0.shape", [2, "5"])), E.FieldTypeError, "tensors[0].shape[1]"),
+    Case("float-in-header", header_case(_set("tensors.0.shape", [2, 5.0])), E.HeaderDecodeError, 24),
+    Case("zero-product-shape", header_case(_set("tensors.0.shape", [2**31 - 1, 2, 0])),
+         E.HashingError, "groups[0]"),  # element count 0: valid shapes; group 0 is then empty
     # --- group coding parameters
     Case("index-bits-0", header_case(_set("groups.0.index_bits", 0)), E.IndexWidthError, "groups[0].index_bits"),
     Case("index-bits-33", header_case(_set("groups.0.index_bits", 33)), E.IndexWidthError, "groups[0].index_bits"),
     Case("block-size-0", header_case(_set("groups.0.block_size", 0)), E.BlockSizeError, "groups[0].block_size"),
     Case("block-size-4097", header_case(_set("groups.1.block_size", 4097)), E.BlockSizeError, "groups[1].block_size"),
-    Case("num-values-0", header_case(_set("groups.0.num_values", 0)), E.LimitError, "groups[0].num_values"),
+    Case("num-values-0", header_case(_set("groups.0.num_values", 0)), E.FieldValueError, "groups[0].num_values"),
+    Case("num-values-over-cap", header_case(_set("groups.0.num_values", 2**31)), E.LimitError, "groups[0].num_values"),
+    Case("name-over-cap", header_case(_set("tensors.0.name", "n" * 1025)), E.LimitError, "tensors[0].name"),
     Case("sigma-negative", header_case(_set("groups.0.sigma", 0x8000 | BASE_H["groups"][0]["sigma"])),
          E.CodingParameterError, "groups[0].sigma"),
     Case("sigma-zero", header_case(_set("groups.0.sigma", 0)), E.CodingParameterError, "groups[0].sigma"),
@@ -349,7 +354,10 @@ CASES = [
     Case("mu-nan", header_case(_set("groups.1.mu", 0x7FC00000)), E.CodingParameterError, "groups[1].mu"),
     Case("mu-inf", header_case(_set("groups.1.mu", 0xFF800000)), E.CodingParameterError, "groups[1].mu"),
     Case("affine-gcd-not-1", header_case(_set("groups.1.layout.a", 2)), E.LayoutParameterError, "groups[1].layout"),
-    Case("affine-c-out-of-range", header_case(_set("groups.1.layout.c", 8)), E.LayoutParameterError, "groups[1].layout"),
+    Case("affine-c-out-of-range", header_case(_set("groups.1.layout.c", 8)), E.LayoutParameterError, "groups[1].layout.c"),
+    Case("affine-a-negative", header_case(_set("groups.1.layout.a", -3)), E.LayoutParameterError, "groups[1].layout.a"),
+    Case("layout-kind-missing", header_case(_set("groups.0.layout", {})), E.MissingFieldError, "groups[0].layout.kind"),
+    Case("layout-kind-not-a-string", header_case(_set("groups.0.layout.kind", 1)), E.FieldTypeError, "groups[0].layout.kind"),
     Case("layout-kind-unknown", header_case(_set("groups.0.layout.kind", "strided")),
          E.FieldValueError, "groups[0].layout.kind"),
     Case("num-values-without-hashing", header_case(_set("groups.0.num_values", 11)),
@@ -379,14 +387,19 @@ CASES = [
     Case("raw-section-length-mismatch", header_case(_set("tensors.2.shape", [4])),
          E.SectionLengthError, "sections[1].length"),
     Case("bool-byte-not-0-or-1", header_case(_secs(lambda s: s[:2] + [b"\x01\x02\x00\x01"] + s[3:])),
-         E.FieldValueError, sec_off(2)),
-    Case("coded-tensor-missing-group", header_case(_set("tensors.0.group", 2)), E.SectionReferenceError, "tensors[0].group"),
+         E.RawValueError, sec_off(2, 1)),
+    Case("coded-tensor-missing-group", header_case(_set("tensors.0.group", 2)), E.GroupReferenceError, "tensors[0].group",
+         single=False),  # group 0 then has too few weights
+    Case("group-index-negative", header_case(_set("tensors.0.group", -1)), E.GroupReferenceError, "tensors[0].group",
+         single=False),
     # --- section references
     Case("section-referenced-twice", header_case(_set("tensors.3.section", 1)),
          E.SectionReferenceError, "tensors[3].section", single=False),
     Case("unreferenced-section", header_case(_add_unreferenced_section), E.SectionReferenceError, "sections[4]"),
     Case("section-wrong-kind", header_case(_set("sections.3.kind", "raw")), E.SectionReferenceError, "graph", single=False),
-    Case("indices-section-out-of-range", header_case(_set("indices", 9)), E.SectionReferenceError, "indices"),
+    Case("indices-section-out-of-range", header_case(_set("indices", 9)), E.SectionReferenceError, "indices", single=False),
+    Case("raw-section-negative", header_case(_set("tensors.2.section", -1)), E.SectionReferenceError, "tensors[2].section",
+         single=False),
     Case("indices-missing-with-groups", header_case(_set("indices", None)), E.SectionReferenceError, "indices",
          single=False),
     Case("indices-without-sections", header_case(_no_sections_but_indices), E.SectionReferenceError, "indices"),
@@ -402,9 +415,11 @@ CASES = [
     Case("unknown-group-field-minor-0", header_case(_set("groups.0.temperature", 1)),
          E.UnknownFieldError, "groups[0].temperature"),
     Case("metadata-value-not-string", header_case(_set("metadata.k", 1)), E.MetadataError, "metadata.k"),
-    Case("metadata-key-not-string", header_case(_set("metadata", {b"": "v"})), E.MetadataError, "metadata"),
+    Case("metadata-key-not-string", header_case(_set("metadata", {b"": "v"})), E.HeaderDecodeError, 24),
+    Case("metadata-key-over-cap", header_case(_set("metadata", {"k" * 257: "v"})), E.MetadataError, "metadata"),
     Case("metadata-key-empty", header_case(_set("metadata", {"": "v"})), E.MetadataError, "metadata"),
-    Case("metadata-not-a-map", header_case(_set("metadata", ["k", "v"])), E.FieldTypeError, "metadata"),
+    Case("metadata-not-a-map", header_case(_set("metadata", ["k", "v"])), E.MetadataError, "metadata"),
+    Case("metadata-missing", header_case(_set("metadata", DELETE)), E.MissingFieldError, "metadata"),
     # --- graph
     Case("graph-external-data", graph_case(external_data_graph()), E.ExternalDataError, "sections[3]"),
     Case("graph-not-modelproto", graph_case(b"\xff" * 16), E.GraphError, "sections[3]"),
@@ -455,7 +470,7 @@ def test_corrupt(case: Case):
 
 def _newer_minor_header(h, secs):
     h["compression"] = "none"
-    h["groups"][0]["temperature"] = 1.5
+    h["groups"][0]["temperature"] = 15
     h["groups"][1]["layout"]["stride_hint"] = 3
     h["tensors"][0]["doc"] = "a coded tensor"
     h["tensors"][2]["quant"] = {"scale": 1}
@@ -474,6 +489,14 @@ def test_unknown_fields_accepted_at_newer_minor(minor):
     assert [type(p) for p in problems] == [E.UnknownFieldError] * 6
     assert {p.where for p in problems} == {"compression", "groups[0].temperature", "groups[1].layout.stride_hint",
                                            "tensors[0].doc", "tensors[2].quant", "sections[1].note"}
+
+
+def test_floats_are_refused_even_in_unknown_fields_of_a_newer_minor():
+    """SPEC.md 7.2: no float anywhere in the header, whatever the minor (a header-decode error)."""
+    data = header_case(_do(_newer_minor_header, _set("tensors.0.doc", 1.5)), version=(1, 3))()
+    with pytest.raises(E.HeaderDecodeError):
+        from_bytes(data)
+    assert [type(p) for p in validate_bytes(data)] == [E.HeaderDecodeError]
 
 
 def test_newer_minor_still_checks_known_rules():
@@ -496,8 +519,8 @@ def test_validator_reports_all_problems():
 def test_non_map_entries_are_one_problem_each():
     data = header_case(_do(_set("groups.1", [1]), _set("tensors.2", "b"), _set("sections.0", None)))()
     problems = validate_bytes(data)
-    assert [(type(p), p.where) for p in problems] == [
-        (E.FieldTypeError, "sections[0]"), (E.FieldTypeError, "groups[1]"), (E.FieldTypeError, "tensors[2]")]
+    assert [(type(p), p.where) for p in problems] == [  # SPEC.md 9.2 step 8: groups, tensors, then sections
+        (E.FieldTypeError, "groups[1]"), (E.FieldTypeError, "tensors[2]"), (E.FieldTypeError, "sections[0]")]
 
 
 def _with_deep_value(path: str, depth: int) -> bytes:
@@ -509,29 +532,31 @@ def _with_deep_value(path: str, depth: int) -> bytes:
     return rebuild(h, BASE_S, encode=lambda h: msgpack.packb(h, use_bin_type=True).replace(msgpack.packb("@@deep@@"), deep))
 
 
-def test_deeply_nested_values_do_not_crash():
-    for path, cls in [("groups.0.layout.kind", E.FieldValueError), ("metadata.k", E.MetadataError),
-                      ("tensors.0.encoding", E.FieldTypeError), ("groups.0.layout", E.FieldTypeError)]:
-        data = _with_deep_value(path, 1000)  # deeper than Python's recursion limit, within msgpack's
+def test_nesting_depth_cap():
+    """SPEC.md 7.2: at most 64 nested arrays/maps, the header map counted; deeper is header-decode,
+    also far past Python's recursion limit and msgpack's own stack."""
+    # groups.0.layout.kind sits at depth 4 (header, groups, group, layout); a value there nested k deep
+    # reaches depth 4 + k
+    for k, cls in [(60, E.FieldTypeError), (61, E.HeaderDecodeError), (1000, E.HeaderDecodeError),
+                   (5000, E.HeaderDecodeError)]:
+        data = _with_deep_value("groups.0.layout.kind", k)
         with pytest.raises(cls):
             from_bytes(data)
         assert type(validate_bytes(data)[0]) is cls
-    data = _with_deep_value("metadata.k", 5000)  # msgpack's own nesting limit
-    with pytest.raises(E.HeaderDecodeError):
-        from_bytes(data)
-    assert type(validate_bytes(data)[0]) is E.HeaderDecodeError
+    for path in ("metadata.k", "tensors.0.encoding"):
+        assert type(validate_bytes(_with_deep_value(path, 3000))[0]) is E.HeaderDecodeError
 
 
-def test_bytes_key_at_top_level_has_string_where():
+def test_bytes_key_is_a_header_decode_error():
     h = copy.deepcopy(BASE_H)
     h["@@key@@"] = 1
     data = rebuild(h, BASE_S, encode=lambda h: msgpack.packb(h, use_bin_type=True).replace(
         msgpack.packb("@@key@@"), msgpack.packb(b"", use_bin_type=True)))
-    with pytest.raises(E.UnknownFieldError) as info:
+    with pytest.raises(E.HeaderDecodeError) as info:
         from_bytes(data)
-    assert isinstance(info.value.where, str)
+    assert info.value.where == PREAMBLE_SIZE
     problems = validate_bytes(data)
-    assert [type(p) for p in problems] == [E.UnknownFieldError]
+    assert [type(p) for p in problems] == [E.HeaderDecodeError]
     json.dumps([p.to_dict() for p in problems])
 
 
