@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .blocks import GroupSpec, allocate_blocks, build_plan
-from .layers import variationalize
+from .layers import make_variational
 from .posterior import GroupPosterior
 from .train import MiracleTrainer, TrainConfig
 
@@ -49,7 +49,8 @@ class LearnedAllocation:
 def learn_allocation(model: torch.nn.Module, train_loader, specs: list[GroupSpec], budget_bytes: int,
                      index_bits: int, seed: int, cfg: TrainConfig, *, steps: int, coded_bias: bool,
                      layout: str = "affine", kl_margin: float = 0.0, init_std_ratio: float = 0.1,
-                     loss_fn=None, fingerprint: str = "", batch_transform=None, distill=None) -> LearnedAllocation:
+                     loss_fn=None, fingerprint: str = "", batch_transform=None, distill=None,
+                     labelled: bool = True) -> LearnedAllocation:
     """Train `steps` Mean-Var steps under one global KL penalty at the full budget; see the module doc.
 
     The provisional layout uses the "sqrt" rule (only the total number of blocks matters: one beta
@@ -63,14 +64,14 @@ def learn_allocation(model: torch.nn.Module, train_loader, specs: list[GroupSpec
     for plan in plans:
         w = torch.cat([params[name].detach().reshape(-1).float().cpu() for name, _ in plan.spec.members])
         posteriors.append(GroupPosterior(plan, "mean-var", w, init_std_ratio=init_std_ratio, kl_margin=kl_margin))
-    vmodel, layers = variationalize(model, coded_bias=coded_bias)
+    vmodel, layers, generic = make_variational(model, {name for s in specs for name, _ in s.members})
     stop = cfg.interrupt_after if cfg.interrupt_after is not None and cfg.interrupt_after <= steps else None
     pre = dataclasses.replace(cfg, method="mean-var", steps=steps, kl_control="global", code=False,
                               lr_min_factor=1.0, final_steps=0, interrupt_after=stop,
                               checkpoint=f"{where}.alloc" if (where := cfg.checkpoint or cfg.trained_checkpoint) else None,
                               trained_checkpoint=None)
     trainer = MiracleTrainer(vmodel, layers, posteriors, train_loader, pre, loss_fn=loss_fn, seed=seed,
-                             batch_transform=batch_transform, distill=distill)
+                             batch_transform=batch_transform, distill=distill, generic=generic, labelled=labelled)
     trainer.fingerprint = f"allocation pre-phase {steps} steps; {fingerprint}"
     trainer.run()
     with torch.no_grad():

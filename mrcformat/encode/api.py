@@ -5,11 +5,21 @@
                       index_bits=16, hashing={"fc1": 64}, steps=6000)
     result.save("model.mrc")
 
-Every nn.Linear / nn.Conv2d weight (and, with biases="coded", its bias) is coded: one group per
-layer, p = N(0, sigma_p^2) per group, blocks of `index_bits` bits allotted so that the packed
-indices fit `budget_bytes`. Every other parameter and buffer is stored raw (float32 parameters
-are trained as point estimates alongside). The architecture is stored as an ONNX graph without
-weight data (`mrcformat_runtime.graph.export_architecture`) when that exporter is available.
+Any floating-point parameter can be coded, whatever module holds it (`selection.py`: weights of
+at least 64 values by default, a `CodeRule` or a callable to choose otherwise; with
+biases="coded" a module's biases join its weights' group): one group per module,
+p = N(0, sigma_p^2) per group, blocks of `index_bits` bits allotted so that the packed indices
+fit `budget_bytes`. Every other parameter and buffer is stored raw (float32 parameters are
+trained as point estimates alongside). Linear/Conv2d weights are trained with the local
+reparameterisation trick, every other coded parameter by sampling it once per step
+(`layers.py`).
+
+The model may take several (keyword) inputs and return tuples, dicts or nested outputs
+(`signature.py`). With labels the objective is the user's loss (cross-entropy by default);
+without them it is to reproduce the original model's outputs (`distill.py`), so
+`compress(model, unlabelled_loader, budget)` needs nothing else. The architecture is stored as an
+ONNX graph without weight data, exported and checked in onnxruntime before training starts
+(`graph_check.py`), with a dynamic batch axis and the axes `dynamic_axes` marks.
 """
 from __future__ import annotations
 
@@ -33,12 +43,15 @@ from .blocks import GroupSpec, allocate_blocks, build_plan
 from .digest import state_digest
 from .distill import Distillation
 from .distributed import CodingGroup
-from .layers import variationalize
+from .graph_check import export_checked
+from .layers import make_variational
 from .posterior import GroupPosterior
 from .refine import refine
+from .selection import BIASES, CodeRule, coded_specs
+from .signature import batch_size, has_labels, split_batch
 from .train import MiracleTrainer, TrainConfig
 
-__all__ = ["BIASES", "CompressResult", "coded_layer_specs", "compress", "export_graph"]
+__all__ = ["BIASES", "CodeRule", "CompressResult", "coded_layer_specs", "compress", "export_graph"]
 
 # settings that act only once training is over: runs that differ in these alone share a trained state
 _CODING_SETTINGS = frozenset({"retrain_steps", "retrain_lr_factor", "blocks_per_round", "final_steps", "greedy",
@@ -51,42 +64,37 @@ _DTYPE_NAMES = {
 }
 
 
-BIASES = ("coded", "separate", "raw")
+def coded_layer_specs(model: nn.Module, biases: str = "coded", hashing: float | dict | None = None,
+                      rule=None) -> list[GroupSpec]:
+    """The coded groups of `model`: one per module with a coded parameter (`selection.coded_specs`)."""
+    return coded_specs(model, biases, hashing, rule)
 
 
-def coded_layer_specs(model: nn.Module, biases: str = "coded", hashing: float | dict | None = None) -> list[GroupSpec]:
-    """One group per nn.Linear / nn.Conv2d weight (named by the layer's path).
-
-    biases: "coded" (in the weight's group, hashed with it), "separate" (a group of its own,
-    named "<path>.bias", never hashed: a bias should not share its value with weights) or "raw"
-    (no group; stored as float32).
-    """
-    if biases not in BIASES:
-        raise ValueError(f"biases must be one of {BIASES}, not {biases!r}")
-    specs = []
-    for path, m in model.named_modules():
-        if type(m) not in (nn.Linear, nn.Conv2d):
-            continue
-        prefix = f"{path}." if path else ""
-        members = [(f"{prefix}weight", tuple(m.weight.shape))]
-        if biases == "coded" and m.bias is not None:
-            members.append((f"{prefix}bias", tuple(m.bias.shape)))
-        ratio = hashing.get(path, 1.0) if isinstance(hashing, dict) else float(hashing or 1.0)
-        specs.append(GroupSpec(path or "model", members, ratio))
-        if biases == "separate" and m.bias is not None:
-            specs.append(GroupSpec(f"{prefix}bias", [(f"{prefix}bias", tuple(m.bias.shape))], 1.0))
-    return specs
-
-
-def export_graph(model: nn.Module, example_input: torch.Tensor, names: list[str]) -> bytes | None:
-    """ONNX architecture without the named weights, or None (with a warning) if no exporter is installed."""
+def export_graph(model: nn.Module, example_input, names: list[str] | None = None, *,
+                 dynamic_axes: dict | None = None, check: bool = False) -> bytes | None:
+    """ONNX architecture without the model's tensors (`graph_check.export_checked`; `names` must be the
+    state_dict's, as the file names its tensors), or None (with a warning) if no exporter is installed."""
     try:
-        from mrcformat_runtime.graph import export_architecture
+        import mrcformat_runtime.graph  # noqa: F401
     except ImportError:
         warnings.warn("mrcformat_runtime.graph.export_architecture is not available: the file has no architecture")
         return None
-    model = copy.deepcopy(model).cpu().eval()
-    return export_architecture(model, example_input.cpu(), names)
+    if names is not None and list(names) != list(model.state_dict()):
+        raise ValueError("the graph strips every state_dict tensor: names must be the state_dict's")
+    return export_checked(model, example_input, dynamic_axes=dynamic_axes, check=check)
+
+
+def _peek(loader):
+    """The loader's first batch, with the random states that choose its order put back as they were,
+    so that training sees the same batches as if nobody had looked."""
+    gen = getattr(loader, "generator", None)
+    saved = torch.get_rng_state(), (gen.get_state() if gen is not None else None)
+    try:
+        return next(iter(loader))
+    finally:
+        torch.set_rng_state(saved[0])
+        if gen is not None:
+            gen.set_state(saved[1])
 
 
 @dataclass
@@ -143,13 +151,15 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
              example_input: torch.Tensor | None = None, metadata: dict[str, str] | None = None,
              loss_fn=None, batch_transform=None, teacher: nn.Module | None = None,
              distill_temperature: float = 4.0, distill_weight: float = 0.9, coding_group="auto",
-             **train_options) -> CompressResult | None:
+             code=None, labels: bool | None = None, divergence="auto", dynamic_axes: dict | None = None,
+             check_graph: bool = True, **train_options) -> CompressResult | None:
     """Compress `model` (weights are the starting point) with MIRACLE into `budget_bytes` of indices.
 
     Args:
-        model: an nn.Module whose nn.Linear / nn.Conv2d weights get coded; left unchanged.
-        train_loader: DataLoader of (input, target) batches (shuffling with a seeded `generator`
-            makes runs reproducible and resumable).
+        model: any nn.Module (its parameters chosen by `code` get coded); left unchanged.
+        train_loader: DataLoader of (inputs, target) batches, or of inputs alone (no labels); inputs
+            are a tensor, a tuple of positional or a dict of keyword inputs (shuffling with a seeded
+            `generator` makes runs reproducible and resumable).
         budget_bytes: cap on the packed index payload (e.g. 1556 for 1.52 KiB).
         method: "mean-var" (mean and variance trained, MIRACLE's per-block KL control) or "mean-kl"
             (q given by its mean and KL: each block's KL is its budget by construction). On LeNet-5
@@ -167,14 +177,27 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
             on `refine_examples` training examples; a sweep that does not lower that loss is undone).
         kl_margin: nats subtracted from each block's budget index_bits * ln 2.
         init_std_ratio: Mean-Var initial posterior std as a fraction of sigma_p.
-        example_input: one input batch for the architecture export (default: first training batch).
-        loss_fn: (output, target) -> mean loss; default cross-entropy.
+        example_input: inputs for the architecture export (default: the first training batch's, the
+            first example of a single tensor).
+        loss_fn: (output, target) -> mean loss; default cross-entropy. Implies labelled batches.
+        code: which parameters are coded: a `CodeRule` (min_size, include/exclude globs on names) or a
+            callable (name, parameter) -> bool; default `CodeRule()` (see `selection.py`).
+        labels: whether batches are (inputs, target); default: with `loss_fn`, or when a batch is a
+            pair whose second item is a 1-d integer tensor as long as the batch. Without labels the
+            objective is to reproduce the outputs of `teacher` (default: the model itself).
+        divergence: how an output is compared with the teacher's (`distill.py`): "auto", "kl",
+            "probs", "bce", "mse", a callable (student, teacher) -> loss, or {output name: one of these}.
+        dynamic_axes: {input or output name: {axis: label} or [axes]}: axes of the stored graph
+            that accept any size, on top of axis 0 (batch) of every input and output. Inputs are
+            named "input", "input1", ... (keyword inputs by their keys), outputs as
+            `signature.named_leaves` says ("output", "output1", ..., dict keys).
+        check_graph: run the exported graph in onnxruntime against the model before training.
         batch_transform: (x, generator) -> x applied to every training batch, e.g. data augmentation
             (`augment.RandomShift`); its repr is part of the run's settings (checkpoints).
         teacher: a network whose outputs the compressed one learns (knowledge distillation,
             `distill.py`), typically the pretrained `model` itself; the data term becomes
-            (1 - distill_weight) * loss_fn + distill_weight * T^2 * KL(teacher || student) at
-            temperature `distill_temperature`. Refinement still uses `loss_fn` alone.
+            (1 - distill_weight) * loss_fn + distill_weight * (sum of each output's divergence,
+            at temperature `distill_temperature` for logits). Refinement still uses `loss_fn` alone.
         coding_group: processes that share the coding work (`distributed.CodingGroup`): "auto" = the
             default torch.distributed group when one is initialised with more than one process, None =
             none. Every process calls `compress` with the same arguments; rank 0 trains and returns the
@@ -195,11 +218,17 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
     seed = int(cfg.seed) & ((1 << 64) - 1)
     torch.manual_seed(cfg.seed)
 
-    specs = coded_layer_specs(model, biases, hashing)
+    specs = coded_specs(model, biases, hashing, code)
     if not specs:
-        raise ValueError("the model has no nn.Linear or nn.Conv2d layer to code")
+        raise ValueError(f"no parameter of the model is coded under {code or CodeRule()!r}: lower min_size or "
+                         "name the parameters to code")
     shard = CodingGroup.current() if coding_group == "auto" else coding_group
     worker = shard is not None and not shard.coordinator
+    batch0 = _peek(train_loader)
+    labelled = labels if labels is not None else (loss_fn is not None or has_labels(batch0))
+    inputs0, _ = split_batch(batch0, labelled)
+    if example_input is None:
+        example_input = inputs0[:1] if isinstance(inputs0, torch.Tensor) else inputs0
     if worker:  # scores candidates only: no allocation pre-phase, checkpoints or progress of its own
         cfg = replace(cfg, checkpoint=None, trained_checkpoint=None, progress=False)
     volatile = {"checkpoint", "checkpoint_every", "trained_checkpoint", "progress", "interrupt_after", "device",
@@ -209,8 +238,27 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
                 "kl_margin": kl_margin, "init_std_ratio": init_std_ratio, "layout": layout,
                 "batch_transform": repr(batch_transform),
                 **{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in volatile}}
-    distill = Distillation(teacher, distill_temperature, distill_weight) if teacher is not None else None
+    if not labelled:        # the objective: reproduce the original model's outputs
+        distill = Distillation(teacher if teacher is not None else model, distill_temperature, 1.0, divergence)
+    else:
+        distill = Distillation(teacher, distill_temperature, distill_weight, divergence) if teacher is not None else None
+    if distill is not None:
+        distill.prepare(inputs0)     # each output's divergence, fixed (and checked) before training
     settings["distill"] = repr(distill)
+    settings["labels"] = labelled
+    settings["code"] = repr(code)
+    settings["dynamic_axes"] = repr(dynamic_axes)
+    # the architecture is fixed (exported and run in onnxruntime) before any training
+    graph = None
+    if not worker:
+        checks = () if batch_size(inputs0) == batch_size(example_input) else (inputs0,)
+        try:
+            import mrcformat_runtime.graph  # noqa: F401
+        except ImportError:
+            warnings.warn("mrcformat_runtime.graph is not available: the file has no architecture")
+        else:
+            graph = export_checked(model, example_input, dynamic_axes=dynamic_axes, check_inputs=checks,
+                                   check=check_graph)
     # The starting weights are part of what a checkpoint was trained from (a teacher's are in `distill`).
     settings["model_digest"] = state_digest(model)
     train_settings = {k: v for k, v in settings.items() if k not in _CODING_SETTINGS}
@@ -220,7 +268,7 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
         warm = learn_allocation(model, train_loader, specs, budget_bytes, index_bits, seed, cfg, steps=alloc_steps,
                                 coded_bias=coded_bias, layout=layout, kl_margin=kl_margin,
                                 init_std_ratio=init_std_ratio, loss_fn=loss_fn, fingerprint=repr(train_settings),
-                                batch_transform=batch_transform, distill=distill)
+                                batch_transform=batch_transform, distill=distill, labelled=labelled)
         block_sizes = allocate_blocks(specs, budget_bytes, index_bits, warm.shares(specs))
         if cfg.interrupt_after is not None:     # counted over both phases
             cfg = replace(cfg, interrupt_after=cfg.interrupt_after - alloc_steps)
@@ -239,11 +287,11 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
             posteriors.append(GroupPosterior(plan, method, warm.weights[g], init_std_ratio=init_std_ratio,
                                              kl_margin=kl_margin, init_log_std=warm.log_std[g],
                                              init_log_sp=warm.log_sp[g]))
-    vmodel, layers = variationalize(model, coded_bias=coded_bias)
+    vmodel, layers, generic = make_variational(model, {name for s in specs for name, _ in s.members})
     if warm is not None:
         vmodel.load_state_dict(warm.raw_state)
     trainer = MiracleTrainer(vmodel, layers, posteriors, train_loader, cfg, loss_fn=loss_fn, seed=seed,
-                             batch_transform=batch_transform, distill=distill)
+                             batch_transform=batch_transform, distill=distill, generic=generic, labelled=labelled)
     if warm is not None:
         for beta in trainer.betas:
             beta.beta.fill_(warm.beta)      # every block starts where the global beta ended
@@ -272,9 +320,6 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
             tensors.append(Tensor(name, tuple(value.shape), "raw", dtype=_DTYPE_NAMES[data.dtype],
                                   data=data.view(torch.int16).numpy().view(np.uint16) if data.dtype == torch.bfloat16
                                   else data.numpy()))
-    if example_input is None:
-        example_input = next(iter(train_loader))[0][:1]
-    graph = export_graph(model, example_input, [t.name for t in tensors])
     meta = {"encoder": "mrcformat.encode", "method": method, "budget_bytes": str(budget_bytes),
             "index_bits": str(index_bits)}
     meta.update(metadata or {})

@@ -14,5 +14,8 @@ def state_digest(module: nn.Module) -> str:
     h = hashlib.sha256()
     for name, v in sorted(module.state_dict().items()):
         h.update(name.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        if v.numel():   # an empty tensor can have stride 0 (from numpy), which view(uint8) refuses
+            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(repr((tuple(v.shape), str(v.dtype))).encode())
     return h.hexdigest()[:16]

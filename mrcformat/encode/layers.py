@@ -7,6 +7,12 @@ out = conv(x, W_mean) + sqrt(conv(x^2, W_var)) * eps, which is the exact distrib
 output under independent Gaussian weights and has far lower gradient variance than sampling
 the weights. In eval mode it uses the means. `variationalize` swaps these layers into a copy
 of a model.
+
+Any other coded parameter (a Conv1d's, an LSTM's, an Embedding's, a custom module's, or a Linear
+whose class overrides `forward`) is *generic*: `make_variational` turns it into a non-persistent
+buffer of its module, and the trainer supplies a weight sample for it at every forward pass
+through `torch.func.functional_call` (one sample per step, shared by the batch: no layer class
+has to be known).
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["VariationalConv2d", "VariationalLayer", "VariationalLinear", "variationalize"]
+__all__ = ["VariationalConv2d", "VariationalLayer", "VariationalLinear", "fast_layer_class", "make_variational",
+           "variationalize"]
 
 _VAR_FLOOR = 1e-16
 
@@ -208,25 +215,77 @@ class VariationalConv2d(VariationalLayer):
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
 
+def fast_layer_class(module: nn.Module) -> type[VariationalLayer] | None:
+    """The variational layer that computes `module` exactly (local reparameterisation), or None.
+
+    A Linear or Conv2d qualifies, subclasses included, when its class keeps the stock forward (a
+    subclass that changes the computation is coded generically), it has no hooks, and no other module
+    reads its weight directly (MultiheadAttention's out_projection does).
+    """
+    if module._forward_hooks or module._forward_pre_hooks or getattr(module, "parametrizations", None) is not None:
+        return None
+    if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        return None
+    if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
+        return VariationalLinear
+    if (isinstance(module, nn.Conv2d) and type(module).forward is nn.Conv2d.forward
+            and type(module)._conv_forward is nn.Conv2d._conv_forward and module.padding_mode == "zeros"):
+        return VariationalConv2d
+    return None
+
+
+def make_variational(model: nn.Module, coded: set[str]) -> tuple[nn.Module, dict[str, VariationalLayer], list[str]]:
+    """A deep copy of `model` in which the parameters named in `coded` (state_dict names) are coded.
+
+    A Linear/Conv2d (not the model itself) whose weight is coded becomes a variational layer (its bias
+    coded if named in `coded`, else an ordinary parameter); every other coded parameter becomes a
+    non-persistent buffer (generic). Returns the copy, {module path: layer} and the generic names in
+    `coded`'s state_dict order.
+    """
+    model = copy.deepcopy(model)
+    order = [name for name in model.state_dict() if name in coded]
+    missing = set(coded) - set(order)
+    if missing:
+        raise ValueError(f"no parameters called {sorted(missing)} in the model")
+    layers: dict[str, VariationalLayer] = {}
+    fast: set[str] = set()
+    for path, module in list(model.named_modules()):
+        prefix = f"{path}." if path else ""
+        cls = fast_layer_class(module) if path else None
+        if cls is None or f"{prefix}weight" not in coded:
+            continue
+        bias_name = f"{prefix}bias" if module.bias is not None else None
+        new = cls(module, f"{prefix}weight", bias_name, bias_name is not None and bias_name in coded)
+        layers[path] = new
+        fast.add(f"{prefix}weight")
+        if new.coded_bias:
+            fast.add(bias_name)
+        parent_path, _, attr = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        setattr(parent, attr, new)
+    generic = [name for name in order if name not in fast]
+    for name in generic:
+        path, _, attr = name.rpartition(".")
+        owner = model.get_submodule(path) if path else model
+        param = owner._parameters.pop(attr)
+        owner.register_buffer(attr, param.detach().clone(), persistent=False)
+    return model, layers, generic
+
+
 def variationalize(model: nn.Module, coded_bias: bool = True) -> tuple[nn.Module, dict[str, VariationalLayer]]:
-    """A deep copy of `model` whose nn.Linear / nn.Conv2d layers are variational.
+    """A deep copy of `model` whose nn.Linear / nn.Conv2d layers (`fast_layer_class`) are variational.
 
     Returns the copy and {module path: layer}. The layers' weights (and coded biases) are
     named as in the original `state_dict` (e.g. "fc1.weight").
     """
-    model = copy.deepcopy(model)
-    layers: dict[str, VariationalLayer] = {}
-    for path, module in list(model.named_modules()):
-        if type(module) not in (nn.Linear, nn.Conv2d):
+    coded = set()
+    for path, module in model.named_modules():
+        if fast_layer_class(module) is None:
             continue
-        prefix = f"{path}." if path else ""
-        bias_name = f"{prefix}bias" if module.bias is not None else None
-        cls = VariationalLinear if isinstance(module, nn.Linear) else VariationalConv2d
-        new = cls(module, f"{prefix}weight", bias_name, coded_bias and module.bias is not None)
-        layers[path] = new
         if path == "":
             raise ValueError("the model itself is a single layer: wrap it in a container module")
-        parent_path, _, attr = path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, attr, new)
-    return model, layers
+        coded.add(f"{path}.weight")
+        if coded_bias and module.bias is not None:
+            coded.add(f"{path}.bias")
+    vmodel, layers, _ = make_variational(model, coded)
+    return vmodel, layers

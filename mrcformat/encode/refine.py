@@ -37,14 +37,21 @@ class RefineReport:
     seconds: float = 0.0
 
 
-def _examples(trainer, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`count` training examples (whole batches) from the run's own data order."""
+def _examples(trainer, count: int) -> list[tuple]:
+    """`count` training examples (whole batches of (inputs, target or None)) from the run's own data order."""
     out, n = [], 0
     while n < count:
-        x, y = trainer.batches.next()
-        out.append((x.to(trainer.device), y.to(trainer.device)))
-        n += len(y)
+        x, y = trainer.split(trainer.batches.next())
+        out.append((x, y))
+        n += trainer.batch_examples(x, y)
     return out
+
+
+def _refine_loss(trainer, x, y):
+    """The loss refinement lowers: `loss_fn` with labels (a teacher's soft term is left out), the output
+    match without."""
+    out = trainer.forward(x)
+    return trainer.loss_fn(out, y) if trainer.labelled else trainer.data_loss(out, y, x)
 
 
 def _grad_fisher(trainer, batches):
@@ -63,9 +70,9 @@ def _grad_fisher(trainer, batches):
             p.coded_value = leaf
         trainer.model.eval()
         for x, y in batches:
-            loss = trainer.loss_fn(trainer.forward(x), y)
+            loss = _refine_loss(trainer, x, y)
             gs = torch.autograd.grad(loss, leaves)
-            m = len(y)
+            m = trainer.batch_examples(x, y)
             for g, s, gi in zip(grads, sq, gs):
                 g.add_(gi, alpha=m)
                 s.add_(gi * gi)
@@ -85,8 +92,9 @@ def _loss(trainer, batches) -> float:
     trainer.model.eval()
     total, count = 0.0, 0
     for x, y in batches:
-        total += float(trainer.loss_fn(trainer.forward(x), y)) * len(y)
-        count += len(y)
+        m = trainer.batch_examples(x, y)
+        total += float(_refine_loss(trainer, x, y)) * m
+        count += m
     return total / count
 
 

@@ -25,11 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from torch.func import functional_call
+
 from .checkpoint import load_checkpoint, save_checkpoint
 from .coding import candidate_scorer, candidate_source, code_blocks
 from .distributed import CodingGroup
 from .kl_control import BlockBeta
+from .layers import _VAR_FLOOR
 from .posterior import GroupPosterior
+from .signature import batch_size, call, split_batch, to_device
 
 __all__ = ["Interrupted", "MiracleTrainer", "ResumableBatches", "TrainConfig"]
 
@@ -128,8 +132,17 @@ class MiracleTrainer:
     """Owns the variational model, the group posteriors and the schedule."""
 
     def __init__(self, vmodel: nn.Module, layers: dict, posteriors: list[GroupPosterior], loader,
-                 config: TrainConfig, loss_fn=None, seed: int = 0, batch_transform=None, distill=None) -> None:
+                 config: TrainConfig, loss_fn=None, seed: int = 0, batch_transform=None, distill=None,
+                 generic: list[str] | None = None, labelled: bool = True) -> None:
+        """`generic`: coded parameters that are buffers of `vmodel` (`layers.make_variational`), sampled
+        per step and passed with functional_call. `labelled`: batches are (inputs, target) and the data
+        term is `loss_fn` (mixed with `distill` if given); otherwise a batch is the inputs alone and the
+        data term is `distill`'s soft term (matching the teacher's outputs)."""
         self.cfg = config
+        self.generic = list(generic or [])
+        self.labelled = labelled
+        if not labelled and distill is None:
+            raise ValueError("a run without labels needs a teacher to match (distill)")
         self.device = torch.device(config.device)
         self.model = vmodel.to(self.device)
         self.layers = layers
@@ -180,7 +193,8 @@ class MiracleTrainer:
     def has_raw_parameters(self) -> bool:
         return any(True for _ in self.model.parameters())
 
-    def set_moments(self) -> None:
+    def set_moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Hand every variational layer its moments; returns {coded name: (mean, var)}."""
         moments = {}
         for p in self.posteriors:
             moments.update(p.member_moments())
@@ -190,10 +204,46 @@ class MiracleTrainer:
             if layer.coded_bias:
                 bm, bv = moments[layer.bias_name]
             layer.set_moments(wm, wv, bm, bv)
+        return moments
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.set_moments()
-        return self.model(x)
+    def _generic_weights(self, moments: dict) -> dict[str, torch.Tensor]:
+        """The generic coded parameters: one sample per step in training mode (drawn in `generic` order
+        from the run's noise generator), the means in eval mode."""
+        out = {}
+        for name in self.generic:
+            mean, var = moments[name]
+            if self.model.training:
+                noise = torch.randn(mean.shape, generator=self.noise, device=mean.device, dtype=mean.dtype)
+                out[name] = mean + torch.sqrt(var + _VAR_FLOOR) * noise
+            else:
+                out[name] = mean
+        return out
+
+    def forward(self, x):
+        moments = self.set_moments()
+        if not self.generic:
+            return self.model(x) if isinstance(x, torch.Tensor) else call(self.model, x)
+        weights = self._generic_weights(moments)
+        if isinstance(x, dict):
+            return functional_call(self.model, weights, (), dict(x), strict=False)
+        args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        return functional_call(self.model, weights, args, strict=False)
+
+    def split(self, batch) -> tuple:
+        """(inputs, target) of a loader batch on the run's device (target None without labels)."""
+        x, y = split_batch(batch, self.labelled)
+        return to_device(x, self.device), (to_device(y, self.device) if y is not None else None)
+
+    def data_loss(self, out, y, x) -> torch.Tensor:
+        """The data term of the objective for outputs `out` of inputs `x` (targets `y`, None without labels)."""
+        if not self.labelled:
+            return self.distill.soft_loss(out, x)
+        nll = self.loss_fn(out, y)
+        return nll if self.distill is None else self.distill(out, nll, x)
+
+    @staticmethod
+    def batch_examples(x, y) -> int:
+        return len(y) if y is not None else batch_size(x)
 
     # --- one training step ----------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
@@ -209,14 +259,18 @@ class MiracleTrainer:
         t0 = time.perf_counter()
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * self._lr_factor(st.step)
-        x, y = self.batches.next()
-        x, y = x.to(self.device), y.to(self.device)
+        x, y = self.split(self.batches.next())
         if self.batch_transform is not None:
             x = self.batch_transform(x, self.noise)
         self.model.train()
         out = self.forward(x)
-        nll = self.loss_fn(out, y)
-        loss = nll if self.distill is None else self.distill(out, nll, x)
+        if self.labelled:
+            nll = self.loss_fn(out, y)
+            loss = nll if self.distill is None else self.distill(out, nll, x)
+        else:
+            nll = loss = self.distill.soft_loss(out, x)
+        if st.step == 0:
+            self._check_data_term(loss)
         kls = []
         if cfg.method == "mean-var" and cfg.kl_control == "global":
             # one beta on the total KL: the ELBO itself decides where the bits go (allocation pre-phase)
@@ -245,6 +299,21 @@ class MiracleTrainer:
             st.history.append(self._stats(info["nll"]))
         st.train_time += time.perf_counter() - t0
         return info
+
+    def _check_data_term(self, loss: torch.Tensor) -> None:
+        """Refuse a data term that cannot teach anything: one that does not depend on the coded
+        weights, or is exactly 0 on a first, noisy forward pass (a divergence that is identically 0)."""
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise ValueError(f"the loss must be a scalar tensor, got {type(loss).__name__} "
+                             f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
+        if not loss.requires_grad:
+            raise ValueError("the loss does not depend on the model's weights (no gradient): check loss_fn")
+        if float(loss.detach()) == 0.0:
+            raise ValueError("the loss is exactly 0 on the first training batch, with sampled weights: it is "
+                             "identically 0 (e.g. a softmax KL over a single channel) and would teach nothing; "
+                             "choose another loss or divergence")
+        if not math.isfinite(float(loss.detach())):
+            raise FloatingPointError(f"the loss is {float(loss.detach())} on the first training batch")
 
     @torch.no_grad()
     def _stats(self, nll: float) -> dict:
