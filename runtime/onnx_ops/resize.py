@@ -42,7 +42,7 @@ def _original(mode: str, out_len: int, in_len: int, scale, roi_start: float, roi
     if mode == "half_pixel_symmetric":
         adjustment = lr / (s * lo)
         offset = (lo / _F(2)) * (_F(1) - adjustment)
-        return (offset + (x.astype(np.float64) + 0.5) / s - 0.5).astype(_F)
+        return (offset + (x + half) / s) - half
     return ((x + half) / s) - half  # half_pixel
 
 
