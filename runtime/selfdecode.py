@@ -1,24 +1,24 @@
 """Self-decoding ONNX export: onnxruntime regenerates the weights from the stored indices.
 
-The exported model carries, instead of float32 weights, what the `.mrc` file carries: each group's
-packed index bytes and coding parameters, the file's seed, raw tensors, plus a compact exact encoding
-of the normal16 table (SPEC.md section 4). Five model-local ONNX functions (domain `mrc.sd`: Round,
-Philox, Values, Hash, Table) turn these into the weights with standard opset-18 operators; onnxruntime
-inlines them and, since every input is a constant, folds the whole decode into initializers at session
-creation (with graph optimisations off, the same nodes run in every `run` instead).
+The exported model carries, instead of float32 weights, what the `.mrc` file carries: the groups' packed
+index bytes (concatenated), a few int64/float32 parameters per group, the file's seed, raw tensors, plus
+a compact exact encoding of the normal16 table (SPEC.md section 4). Standard opset-18 operators and two
+model-local functions (domain `mrc.sd`: Round, Table) turn these into the weights; onnxruntime inlines
+them and, since every input is a constant, folds the whole decode into initializers at session creation
+(with graph optimisations off, the same nodes run in every `run` instead).
 
-Integer work (Philox4x32-10, index unpacking, layout, hashing) runs in int64 only and every
-intermediate value stays in [0, 2^63), so it is exact on any conforming runtime:
+The decoder is a fixed set of ~260 vectorised nodes (after inlining) whatever the number of groups (`_Decoder`), because
+onnxruntime's constant folding costs per node and per byte: it runs one node at a time and turns every
+output into an initializer (copied into a TensorProto and kept until the pass ends). So:
 
-- 32-bit words live in int64 as values in [0, 2^32); shifts are Mul/Div by powers of two (ONNX
-  BitShift is unsigned-only), xor/and are opset-18 BitwiseXor/BitwiseAnd on int64;
-- the 32x32->64 Philox product is split into 16-bit halves of the multiplier M = Mhi*2^16 + Mlo:
-  p1 = x*Mlo, p2 = x*Mhi (both < 2^48), hi = (p2 + p1 div 2^16) div 2^16,
-  lo = (p1 + (p2 mod 2^16) * 2^16) mod 2^32;
-- the Philox state of all counters of a group is one [4, M] tensor ordered (x0, x2, x3, x1), so a
-  round is a Split, one multiply of both products, two xors and a Concat (see `_f_round`);
-- only the chosen candidate of each block is generated, for all blocks of a group at once;
-  affine layouts are v[i] = slot[(a*i + c) mod n] (a*i < 2^62), hashing index = (word * n) div 2^32.
+- all counters of the file go through ONE Philox4x32-10 evaluation: the chosen candidate of every block
+  of every group, and every pair of hashed weights; per-group parameters become per-element rows by one
+  CumSum over each segment's jumps (`_Segments`), never by a loop over groups;
+- Philox runs in uint64: a 32-bit word times a 32-bit multiplier is exact (< 2^64), hi = p >> 32,
+  lo = p & (2^32 - 1); the state is two [2, N] tensors E = (x0, x2), O = (x3, x1), so a round is six
+  nodes (`_f_round`); index unpacking, layout and slot arithmetic stay in int64 below 2^63;
+- affine layouts are v[i] = slot[(a*i + c) mod n] (a*i < 2^62); hashed weights come two per pair,
+  index = (word * n) >> 32, sign from the next word's low bit.
 
 The table (65,536 float32 = 256 KiB) is rebuilt from 32 float64 coefficients (256 bytes) plus an
 exception list, empty for the shipped table (see `table_encoding`). T[i] is defined as Phi^-1 evaluated
@@ -44,7 +44,8 @@ from mrcformat.bitpack import pack_indices
 from mrcformat.container import Container
 from mrcformat.errors import GraphError
 from mrcformat.onnx_graphs import all_graphs
-from mrcformat.sampler import normal_table
+from mrcformat.decoder import value_scales
+from mrcformat.sampler import check_coding_parameters, normal_table
 from mrcformat.streams import DOMAIN_CANDIDATE, DOMAIN_HASH, domain_word, seed_key
 
 from .onnx_model import ONNX_DTYPES, fill_stub, graph_model, graph_stubs, load_container, raw_initializer, wanted_names
@@ -204,99 +205,18 @@ def _function(name: str, inputs: list[str], outputs: list[str], b: _Builder, ops
 
 
 def _f_round(opset: int):
-    """Round(S, K) -> (S', K'): one Philox round on the stacked state S = [x0, x2, x3, x1] (shape [4, M]),
-    round key K = [k1, k0] (shape [2, 1]); K' = K + (W1, W0) mod 2^32 is the next round's key.
+    """Round(E, O, K, M, S, F) -> (E', O'): one Philox4x32 round on all counters at once, in uint64.
 
-    With E = [x0, x2] and O = [x3, x1]: hi, lo = halves of E * [M0, M1]; X = hi ^ O ^ K = [y2, y0];
-    S' = [X reversed, lo] = [y0, y2, y3, y1], the same arrangement.
+    E = [x0, x2] and O = [x3, x1] (shape [2, N]), K = the round key [k1, k0] ([2, 1]), M = [M0, M1] ([2, 1]),
+    S = 32, F = 2^32 - 1. P = E * M is exact (< 2^64); hi = P >> 32, lo = P & F; X = hi ^ O ^ K = [y2, y0];
+    E' = [y0, y2] (X reversed), O' = lo = [y3, y1]: the same arrangement, six vectorised nodes.
     """
     b = _Builder("t")
-    f32 = b.const(0xFFFFFFFF)
-    c16 = b.const(1 << 16)
-    e, o = b.op("Split", "S", axis=0, num_outputs=2, outs=2)
-    p1 = b.op("Mul", e, b.const(np.array([[PHILOX_M0 & 0xFFFF], [PHILOX_M1 & 0xFFFF]])))
-    p2 = b.op("Mul", e, b.const(np.array([[PHILOX_M0 >> 16], [PHILOX_M1 >> 16]])))
-    hi = b.op("Div", b.op("Add", p2, b.op("Div", p1, c16)), c16)
-    lo = b.op("BitwiseAnd", b.op("Add", p1, b.op("Mul", b.op("BitwiseAnd", p2, b.const(0xFFFF)), c16)), f32)
-    x = b.op("BitwiseXor", b.op("BitwiseXor", hi, o), "K")
-    b.op("Concat", b.op("Gather", x, b.const([1, 0]), axis=0), lo, axis=0, outs=["T"])
-    b.op("BitwiseAnd", b.op("Add", "K", b.const(np.array([[PHILOX_W1], [PHILOX_W0]]))), f32, outs=["N"])
-    return _function("Round", ["S", "K"], ["T", "N"], b, opset)
-
-
-def _f_philox(opset: int):
-    """Philox(S, K) -> S: Philox4x32-10 on the stacked counter S = [c0, c2, c3, c1] with key K = [k1, k0]."""
-    b = _Builder("t")
-    s, k = "S", "K"
-    for r in range(10):
-        s, k = b.fn("Round", s, k, outs=["X", b.fresh()] if r == 9 else 2)
-    return _function("Philox", ["S", "K"], ["X"], b, opset)
-
-
-def _f_values(opset: int):
-    """Values(payload u8[L + 4], prm i64[9], ms f32[2], key i64[2,1], table f32[65536]) -> v f32[n].
-
-    payload = the group's packed indices and 4 zero bytes; prm = (counter word 3, block size B, index bits w, blocks nb, values n, affine a, affine c,
-    Philox calls per candidate ceil(B/8), 2^w); ms = (mu, sigma). Unpacks the chosen index of every
-    block, generates only those candidates (all blocks at once), looks the samples up in the table,
-    applies mu + sigma*T[u] and gathers v[i] = slot[(a*i + c) mod n] (contiguous: a=1, c=0).
-    """
-    b = _Builder("t")
-    gw, bsz, w, nb, n, a, c, ch, pw = b.op("Split", "prm", axis=0, num_outputs=9, outs=9)
-    zero, one = b.const(0), b.const(1)
-    # --- index b occupies payload bits [b*w, (b+1)*w), least significant bit first (w <= 32: 5 bytes)
-    blk = b.op("Range", zero, b.op("Squeeze", nb), one)
-    bit = b.op("Mul", blk, w)
-    five = b.op("Gather", b.op("Cast", "payload", to=7), b.op("Add", b.unsq(b.op("Div", bit, b.const(8)), 1), b.const([0, 1, 2, 3, 4])))
-    v40 = b.op("ReduceSum", b.op("Mul", five, b.const([1, 1 << 8, 1 << 16, 1 << 24, 1 << 32])), b.const([1]), keepdims=0)
-    shift = b.op("Gather", b.const([1, 2, 4, 8, 16, 32, 64, 128]), b.op("BitwiseAnd", bit, b.const(7)))
-    idx = b.op("Mod", b.op("Div", v40, shift), pw)
-    # --- Philox(counter = (j>>3, index, block, word3)) of the chosen candidate of every block
-    # (state [4, nb*ch]: ONNX runtimes broadcast per-row constants over long rows fast)
-    shape = b.op("Concat", nb, ch, axis=0)
-    c0 = b.op("Expand", b.op("Range", zero, b.op("Squeeze", ch), one), shape)
-    c1 = b.op("Expand", b.unsq(idx, 1), shape)
-    c2 = b.op("Expand", b.unsq(blk, 1), shape)
-    c3 = b.op("Expand", gw, shape)
-    four, two = b.const([4]), b.const([2])
-    s = b.op("Concat", c0, c2, c3, c1, axis=0)                                       # [4*nb, ch]
-    s = b.fn("Philox", b.op("Reshape", s, b.op("Concat", four, b.op("Mul", nb, ch), axis=0)), "key")
-    words = b.op("Gather", s, b.const([0, 3, 1, 2]), axis=0)                         # [x0, x1, x2, x3]
-    halves = b.op("Mod", b.op("Div", b.unsq(words, 2), b.const([1, 1 << 16])), b.const(1 << 16))
-    halves = b.op("Reshape", halves, b.op("Concat", four, shape, two, axis=0))       # [4, nb, ch, lo/hi]
-    u = b.op("Flatten", b.op("Transpose", halves, perm=[1, 2, 0, 3]), axis=1)        # [nb, 8*ch]
-    u = b.op("Flatten", b.op("Slice", u, b.const([0]), bsz, b.const([1])), axis=0)   # [1, nb*B]
-    u = b.op("Slice", u, b.const([0]), n, b.const([1]))                              # [1, n]
-    # --- values: mu + sigma * T[u] (the product is exact: sigma is a bfloat16), then the layout
-    mu, sigma = b.op("Split", "ms", axis=0, num_outputs=2, outs=2)
-    slot = b.op("Add", b.op("Mul", b.op("Gather", "table", b.op("Squeeze", u, b.const([0]))), sigma), mu)
-    pos = b.op("Mod", b.op("Add", b.op("Mul", b.op("Range", zero, b.op("Squeeze", n), one), a), c), n)
-    b.op("Gather", slot, pos, outs=["v"])
-    return _function("Values", ["payload", "prm", "ms", "key", "table"], ["v"], b, opset)
-
-
-def _f_hash(opset: int):
-    """Hash(v f32[n], prm i64[4], key) -> f32[nw]; prm = (counter word 3, nw, n, ceil(nw/2)).
-
-    Weight t: Philox(counter = (t>>1, 0, 0, word3)), lane l = t&1: index = (word[2l] * n) >> 32,
-    negative iff word[2l+1] is odd; weight = v[index] * (+-1).
-    """
-    b = _Builder("t")
-    hw, nw, n, npairs = b.op("Split", "prm", axis=0, num_outputs=4, outs=4)
-    zero, one = b.const(0), b.const(1)
-    c0 = b.unsq(b.op("Range", zero, b.op("Squeeze", npairs), one), 0)
-    z = b.op("Mul", c0, zero)
-    s = b.fn("Philox", b.op("Concat", c0, z, b.op("Add", z, hw), z, axis=0), "key")   # [4, np]
-    words = b.op("Gather", s, b.const([0, 3, 1, 2]), axis=0)                          # [x0, x1, x2, x3]
-    words = b.op("Reshape", words, b.op("Concat", b.const([2, 2]), npairs, axis=0))
-    words = b.op("Flatten", b.op("Transpose", words, perm=[1, 2, 0]), axis=1)       # [word 2l / 2l+1, t]
-    words = b.op("Slice", words, b.const([0]), nw, b.const([1]))
-    iw, sw = b.op("Gather", words, zero), b.op("Gather", words, one)
-    index = b.op("Div", b.op("Mul", iw, n), b.const(1 << 32))
-    sign = b.op("Sub", b.const(1.0, np.float32),
-                b.op("Mul", b.const(2.0, np.float32), b.op("Cast", b.op("BitwiseAnd", sw, one), to=1)))
-    b.op("Mul", b.op("Gather", "v", index), sign, outs=["w"])
-    return _function("Hash", ["v", "prm", "key"], ["w"], b, opset)
+    p = b.op("Mul", "E", "M")
+    x = b.op("BitwiseXor", b.op("BitwiseXor", b.op("BitShift", p, "S", direction="RIGHT"), "O"), "K")
+    b.op("Gather", x, b.const([1, 0]), axis=0, outs=["X"])
+    b.op("BitwiseAnd", p, "F", outs=["L"])
+    return _function("Round", ["E", "O", "K", "M", "S", "F"], ["X", "L"], b, opset)
 
 
 def _f_table(opset: int, exceptions: bool):
@@ -359,10 +279,9 @@ def _guard_table(b: _Builder, half: str) -> str:
     return b.op("Add", half, poison)
 
 
-def functions(opset: int = OPSET, *, hashing: bool = True) -> list:
+def functions(opset: int = OPSET) -> list:
     """The model-local functions (FunctionProto) of domain DOMAIN, importing the default domain at `opset`."""
-    fs = [_f_round(opset), _f_philox(opset), _f_values(opset), _f_table(opset, len(table_encoding()[1]) > 0)]
-    return fs + ([_f_hash(opset)] if hashing else [])
+    return [_f_round(opset), _f_table(opset, len(table_encoding()[1]) > 0)]
 
 
 def _all_names(model) -> set[str]:
@@ -385,9 +304,53 @@ def _prefix(taken: set[str]) -> str:
     return p
 
 
+class _Segments:
+    """Per-element parameters of a run of concatenated per-group segments (the groups' calls, values or
+    weights, in group order), [1, total] each: `local` (the position within its own segment) and one row per
+    column, constant within a segment. All rows come from one CumSum over a [rows, total] matrix that holds
+    each row's step at every element (1 for `local`, 0 for the others) and, at each segment start, the jump
+    to that segment's value: a handful of nodes and passes over the data whatever the number of groups.
+    Float columns are gathered by the segment number. Groups with an empty segment are left out; a single
+    segment needs no per-element parameters at all (its columns are [1, 1] constants that broadcast)."""
+
+    def __init__(self, dec: "_Decoder", lengths: list[int], columns: dict[str, list[int]],
+                 floats: dict[str, list[float]] | None = None):
+        b = dec.b
+        floats = floats or {}
+        keep = [k for k, n in enumerate(lengths) if n > 0]
+        total = int(sum(lengths))
+        self.cols: dict[str, str] = {}
+        if len(keep) == 1:
+            self.local = b.unsq(b.op("Range", b.const(0), b.const(total), b.const(1)), 0)
+            for table, dtype in ((columns, np.int64), (floats, np.float32)):
+                for name, values in table.items():
+                    self.cols[name] = dec.init(np.array([[values[keep[0]]]], dtype=dtype))
+            return
+        starts = np.cumsum([0] + [lengths[k] for k in keep])[:-1]
+        rows = {"local": [0] + [1 - lengths[k] for k in keep[:-1]]}
+        for name, values in columns.items():
+            kept = [int(values[k]) for k in keep]
+            rows[name] = [kept[0]] + [y - x for x, y in zip(kept, kept[1:])]
+        if floats:
+            rows["seg"] = [0] + [1] * (len(keep) - 1)
+        steps = np.array([[1] if name == "local" else [0] for name in rows], dtype=np.int64)
+        base = b.op("Expand", dec.init(steps), b.const([len(rows), total]))
+        jumps = b.op("ScatterElements", base, dec.init(np.tile(starts.astype(np.int64), (len(rows), 1))),
+                     dec.init(np.array(list(rows.values()), dtype=np.int64)), axis=1)
+        out = b.op("Split", b.op("CumSum", jumps, b.const(1)), axis=0, num_outputs=len(rows), outs=len(rows))
+        named = dict(zip(rows, out))
+        self.local = named.pop("local")
+        seg = named.pop("seg", None)
+        self.cols.update(named)
+        for name, values in floats.items():
+            self.cols[name] = b.op("Gather", dec.init(np.array([values[k] for k in keep], dtype=np.float32)), seg)
+
+
 class _Decoder:
-    """Builds the main-graph part: the table, one Values (+ Hash) call per needed group, and the split of
-    each group's flat weights into its tensors."""
+    """Builds the main-graph part that regenerates the coded tensors of the needed groups with a fixed
+    number of vectorised nodes, whatever the number of groups: the table, one Philox evaluation of every
+    counter the file uses (the chosen candidate of each block, the hashing pairs), the values, the weights,
+    and the split of the flat weights into tensors. Every integer is exact in int64/uint64."""
 
     def __init__(self, c: Container, prefix: str):
         from onnx import numpy_helper
@@ -395,8 +358,7 @@ class _Decoder:
         self.c, self.nh = c, numpy_helper
         self.b = _Builder(prefix)
         self.inits: list = []
-        self.hashing = False
-        self._table = self._key = None
+        self._table = None
 
     def init(self, arr: np.ndarray) -> str:
         name = self.b.fresh()
@@ -410,58 +372,138 @@ class _Decoder:
             self._table = self.b.fn("Table", self.init(coef[0]), self.init(coef[1]), *extra)
         return self._table
 
-    def key(self) -> str:
-        if self._key is None:  # stacked as [k1, k0], the arrangement the Round function uses
-            k0, k1 = seed_key(self.c.seed)
-            self._key = self.init(np.array([[k1], [k0]], dtype=np.int64))
-        return self._key
+    def _philox(self, e: str, o: str) -> tuple[str, str]:
+        """Ten Round calls; the round keys (k + r*W mod 2^32) are computed here from the file's seed."""
+        b = self.b
+        k0, k1 = seed_key(self.c.seed)
+        keys = np.array([[[(k1 + r * PHILOX_W1) & 0xFFFFFFFF], [(k0 + r * PHILOX_W0) & 0xFFFFFFFF]]
+                         for r in range(10)], dtype=np.uint64).reshape(20, 1)
+        rk = b.op("Split", self.init(keys), axis=0, num_outputs=10, outs=10)
+        m = self.init(np.array([[PHILOX_M0], [PHILOX_M1]], dtype=np.uint64))
+        s = self.init(np.array([32], dtype=np.uint64))
+        f = self.init(np.array([0xFFFFFFFF], dtype=np.uint64))
+        for r in range(10):
+            e, o = b.fn("Round", e, o, rk[r], m, s, f, outs=2)
+        return e, o
 
-    def group(self, gid: int) -> str:
-        """Flat float32 weights of group gid (its coded tensors concatenated in header order)."""
-        g, b = self.c.groups[gid], self.b
-        payload = np.frombuffer(pack_indices(g.indices, g.index_bits) + bytes(4), dtype=np.uint8)
-        a, c = (g.layout.a, g.layout.c) if g.layout.kind == "affine" else (1, 0)
-        prm = np.array([domain_word(DOMAIN_CANDIDATE, gid), g.block_size, g.index_bits, g.num_blocks,
-                        g.num_values, a, c, -(-g.block_size // 8), 1 << g.index_bits], dtype=np.int64)
-        if g.scales is None:
-            ms = np.array([g.mu_bits, g.sigma_bits << 16], dtype=np.uint32).view(np.float32)
-        else:  # T[u] (mu = 0, sigma = 1 is exact), then * (sigma * scale_k) and + mu: two ops, two roundings
-            ms = np.array([0.0, 1.0], dtype=np.float32)
-        v = b.fn("Values", self.init(payload), self.init(prm), self.init(ms), self.key(), self.table())
-        if g.scales is not None:
-            from mrcformat.decoder import value_scales
-
-            sv = value_scales(g)
-            rows = b.op("Reshape", v, self.init(np.array([len(sv), g.num_values // len(sv)], dtype=np.int64)))
-            scaled = b.op("Mul", rows, self.init(sv.reshape(-1, 1)))
-            flat = b.op("Reshape", scaled, self.init(np.array([g.num_values], dtype=np.int64)))
-            v = b.op("Add", flat, self.init(np.array(g.mu, dtype=np.float32)))
-        if not g.hashing:
-            return v
-        self.hashing = True
-        nw = self.c.group_weights(gid)
-        hprm = np.array([domain_word(DOMAIN_HASH, gid), nw, g.num_values, -(-nw // 2)], dtype=np.int64)
-        return b.fn("Hash", v, self.init(hprm), self.key())
+    def flat_weights(self, gids: list[int]) -> list[tuple[str, list]]:
+        """The weights of groups `gids` (ascending) as flat vectors, each with its plan: (size, member tensor or
+        None for a piece to drop), in order. The values vector holds the groups without hashing (and the hashed
+        groups' values, dropped), the hashed-weights vector the groups with hashing (two lanes per pair)."""
+        b, c = self.b, self.c
+        groups = [c.groups[g] for g in gids]
+        nws = [c.group_weights(g) for g in gids]
+        u64 = 13
+        # --- packed indices of all groups, each from a byte boundary, plus 5 zero bytes to read past the end
+        chunks = [pack_indices(g.indices, g.index_bits) for g in groups]
+        bitbase = (8 * np.cumsum([0] + [len(x) for x in chunks])[:-1]).tolist()
+        payload = self.init(np.frombuffer(b"".join(chunks) + bytes(5), dtype=np.uint8))
+        chs = [-(-g.block_size // 8) for g in groups]
+        ncalls = [g.num_blocks * ch for g, ch in zip(groups, chs)]
+        cstart = np.cumsum([0] + ncalls)[:-1].tolist()
+        # --- one Philox counter per candidate call: (j >> 3, chosen index, block, candidate domain word)
+        calls = _Segments(self, ncalls, {"ch": chs, "bit": bitbase, "w": [g.index_bits for g in groups],
+                                         "word": [domain_word(DOMAIN_CANDIDATE, g) for g in gids]})
+        col = calls.cols
+        local = calls.local
+        blk = b.op("Div", local, col["ch"])
+        k = b.op("Sub", local, b.op("Mul", blk, col["ch"]))
+        bit = b.op("Add", col["bit"], b.op("Mul", blk, col["w"]))                          # [1, NC]
+        byte = b.op("Add", b.op("Div", b.op("Transpose", bit, perm=[1, 0]), b.const(8)), b.const([0, 1, 2, 3, 4]))
+        five = b.op("Gather", b.op("Cast", payload, to=7), byte)                            # [NC, 5]
+        v40 = b.op("ReduceSum", b.op("Mul", five, b.const([1, 1 << 8, 1 << 16, 1 << 24, 1 << 32])), b.const([1]),
+                   keepdims=0)
+        v40 = b.op("Div", b.unsq(v40, 0), b.op("Pow", b.const(2), b.op("Mod", bit, b.const(8))))
+        idx = b.op("Mod", v40, b.op("Pow", b.const(2), col["w"]))                          # chosen candidates
+        e_parts = [b.op("Concat", k, blk, axis=0)]
+        o_parts = [b.op("Concat", b.op("Add", b.op("Mul", local, b.const(0)), col["word"]), idx, axis=0)]
+        nvs = [g.num_values for g in groups]
+        vstart = np.cumsum([0] + nvs)[:-1].tolist()
+        # --- one Philox counter per pair of hashed weights: (t >> 1, 0, 0, hashing domain word)
+        hashed = [i for i, g in enumerate(groups) if g.hashing and nws[i] > 0]
+        npairs = [(nws[i] + 1) // 2 if i in hashed else 0 for i in range(len(gids))]
+        if hashed:
+            pairs = _Segments(self, npairs, {"word": [domain_word(DOMAIN_HASH, g) for g in gids],
+                                             "n": nvs, "vstart": vstart})
+            pl = pairs.local
+            pad = b.const([0, 0, 1, 0])
+            e_parts.append(b.op("Pad", pl, pad))
+            o_parts.append(b.op("Pad", b.op("Add", b.op("Mul", pl, b.const(0)), pairs.cols["word"]), pad))
+        e = b.op("Cast", e_parts[0] if len(e_parts) == 1 else b.op("Concat", *e_parts, axis=1), to=u64)
+        o = b.op("Cast", o_parts[0] if len(o_parts) == 1 else b.op("Concat", *o_parts, axis=1), to=u64)
+        e, o = self._philox(e, o)
+        nc = sum(ncalls)
+        # --- values: v[i] = mu + m(i) * T[u(slot (a*i + c) mod n)], m = sigma, or sigma * scale_k by rows of n/K
+        words = b.op("Concat", e, o, axis=0)                                                # [x0, x2, x3, x1]
+        if hashed:
+            words = b.op("Slice", words, b.const([0]), b.const([nc]), b.const([1]))
+        words = b.op("Reshape", b.op("Gather", words, b.const([0, 3, 1, 2]), axis=0), b.const([-1]))  # x0|x1|x2|x3
+        mults, mbase, mdiv, mus = [], [], [], []
+        for g in groups:
+            mu, sigma = check_coding_parameters(g.mu_bits, g.sigma_bits)
+            sv = [sigma] if g.scales is None else list(value_scales(g))
+            mbase.append(len(mults))
+            mults.extend(sv)
+            mdiv.append(g.num_values // len(sv))
+            mus.append(float(mu))
+        lay = [(g.layout.a, g.layout.c) if g.layout.kind == "affine" else (1, 0) for g in groups]
+        vals = _Segments(self, nvs, {"a": [a for a, _ in lay], "c": [cc for _, cc in lay], "n": nvs,
+                                     "B": [g.block_size for g in groups], "ch": chs, "cstart": cstart,
+                                     "mbase": mbase, "mdiv": mdiv}, {"mu": mus})
+        col = vals.cols
+        i = vals.local
+        p = i if all(x == (1, 0) for x in lay) else b.op("Mod", b.op("Add", b.op("Mul", i, col["a"]), col["c"]), col["n"])
+        blk = b.op("Div", p, col["B"])
+        j = b.op("Sub", p, b.op("Mul", blk, col["B"]))
+        call = b.op("Add", b.op("Add", col["cstart"], b.op("Mul", blk, col["ch"])), b.op("Div", j, b.const(8)))
+        lane = b.op("Mod", j, b.const(8))
+        at = b.op("Add", b.op("Mul", b.op("Div", lane, b.const(2)), b.const(nc)), call)
+        half = b.op("Cast", b.op("Mul", b.op("Mod", lane, b.const(2)), b.const(16)), to=u64)
+        u = b.op("BitwiseAnd", b.op("BitShift", b.op("Gather", words, at), half, direction="RIGHT"),
+                 b.const(np.uint64(0xFFFF), np.uint64))
+        tv = b.op("Gather", self.table(), b.op("Cast", u, to=7))
+        m = b.op("Gather", self.init(np.array(mults, dtype=np.float32)),
+                 b.op("Add", col["mbase"], b.op("Div", i, col["mdiv"])))
+        v = b.op("Reshape", b.op("Add", b.op("Mul", tv, m), col["mu"]), b.const([-1]))      # [NV]
+        plan_v = [(nvs[k], None) if k in hashed else (m.numel, m) for k, gid in enumerate(gids)
+                  for m in ([None] if k in hashed else c.group_members(gid))]
+        if not hashed:
+            return [(v, plan_v)]
+        # --- hashed weights, two per Philox pair: w[2q + l] = v[(x_2l * n) >> 32] * (-1)^(x_2l+1)
+        pw = b.op("Slice", e, b.const([nc]), b.const([nc + sum(npairs)]), b.const([1]))    # [x0, x2]: lanes 0, 1
+        po = b.op("Slice", o, b.const([nc]), b.const([nc + sum(npairs)]), b.const([1]))    # [x3, x1]: lanes 1, 0
+        index = b.op("Cast", b.op("BitShift", b.op("Mul", pw, b.op("Cast", pairs.cols["n"], to=u64)),
+                                  b.const(np.array([32], dtype=np.uint64), np.uint64), direction="RIGHT"), to=7)
+        odd = b.op("Cast", b.op("BitwiseAnd", b.op("Gather", po, b.const([1, 0]), axis=0),
+                                b.const(np.uint64(1), np.uint64)), to=1)
+        sign = b.op("Sub", b.const(1.0, np.float32), b.op("Mul", b.const(2.0, np.float32), odd))
+        w = b.op("Mul", b.op("Gather", v, b.op("Add", index, pairs.cols["vstart"])), sign)  # [2, NP]
+        hw = b.op("Reshape", b.op("Transpose", w, perm=[1, 0]), b.const([-1]))
+        plan_h = []
+        for k in hashed:
+            plan_h.extend((m.numel, m) for m in c.group_members(gids[k]))
+            plan_h.append((2 * npairs[k] - nws[k], None))  # the odd group's unused last lane
+        return [(v, plan_v), (hw, plan_h)]
 
     def tensors(self, wanted: set[str], rename: dict[str, str] | None = None) -> None:
         """Emit every wanted coded tensor under its own name (or under `rename[name]`)."""
         rename = rename or {}
-        b = self.b
-        for gid in range(len(self.c.groups)):
-            members = self.c.group_members(gid)
-            if not any(m.name in wanted for m in members):
-                continue
-            parts = [self.group(gid)]
-            if len(members) > 1:
-                sizes = self.init(np.array([m.numel for m in members], dtype=np.int64))
-                parts = b.op("Split", parts[0], sizes, axis=0, outs=len(members))
-            for m, part in zip(members, parts):
-                if m.name in wanted:
-                    b.op("Reshape", part, self.init(np.array(m.shape, dtype=np.int64)), outs=[rename.get(m.name, m.name)],
-                         allowzero=1)
+        b, c = self.b, self.c
+        gids = [g for g in range(len(c.groups)) if any(m.name in wanted for m in c.group_members(g))]
+        if not gids:
+            return
+        for flat, plan in self.flat_weights(gids):
+            parts = [flat]
+            if len(plan) > 1:
+                parts = b.op("Split", flat, self.init(np.array([n for n, _ in plan], dtype=np.int64)), axis=0,
+                             outs=len(plan))
+            for (_, m), part in zip(plan, parts):
+                if m is not None and m.name in wanted:
+                    b.op("Reshape", part, self.init(np.array(m.shape, dtype=np.int64)),
+                         outs=[rename.get(m.name, m.name)], allowzero=1)
 
     def functions(self, opset: int) -> list:
-        return functions(opset, hashing=self.hashing)
+        return functions(opset)
 
 
 def _default_opset(model) -> int | None:
