@@ -27,7 +27,7 @@ from torch import nn
 
 from mrcformat.errors import GraphError
 
-from .onnx_ops import SUPPORTED_OPS, UnsupportedOnnxError, onnx_dtype_to_torch
+from .onnx_ops import MAX_OUTPUTS, SUPPORTED_OPS, UnsupportedOnnxError, onnx_dtype_to_torch
 from .onnx_ops.common import Unsupported, node_attrs, tensor_from_proto
 
 __all__ = ["SUPPORTED_OPS", "OnnxModule", "UnsupportedOnnxError", "onnx_dtype_to_torch"]
@@ -195,6 +195,11 @@ class OnnxModule(nn.Module):
                 continue
             if node.op_type not in SUPPORTED_OPS:
                 self._problem(path, node, "no implementation")
+                known.update(node.output)
+                continue
+            most = MAX_OUTPUTS.get(node.op_type, 1)
+            if most is not None and a.num_outputs > most:
+                self._problem(path, node, f"{a.num_outputs} outputs (only the first {most} are implemented)")
                 known.update(node.output)
                 continue
             for attr in node.attribute:

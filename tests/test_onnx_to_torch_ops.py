@@ -27,7 +27,8 @@ from mrcformat.errors import GraphError
 
 _NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64,
                np.dtype(np.bool_): TensorProto.BOOL, np.dtype(np.float16): TensorProto.FLOAT16,
-               np.dtype(np.int32): TensorProto.INT32}
+               np.dtype(np.int32): TensorProto.INT32, np.dtype(np.int8): TensorProto.INT8,
+               np.dtype(np.uint8): TensorProto.UINT8}
 
 
 def _rng(seed=0):
@@ -662,3 +663,54 @@ def test_silero_vad_streaming_matches_onnxruntime():
             p_t, state_t = mod(torch.from_numpy(x), state_t, torch.from_numpy(sr))
         np.testing.assert_allclose(p_t.numpy(), p_o, atol=2e-5)
     np.testing.assert_allclose(state_t.numpy(), state_o, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- sampling, quantisation, sequences
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("pad", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align", [0, 1])
+def test_grid_sample(mode, pad, align):
+    check([node("GridSample", ["x", "g"], mode=mode, padding_mode=pad, align_corners=align)],
+          {"x": f32(2, 3, 5, 6), "g": f32(2, 4, 7, 2, seed=1, lo=-1.2, hi=1.2)}, opset=16, rtol=1e-5, atol=1e-5)
+
+
+def test_quantize_dequantize_per_tensor_and_axis():
+    x = f32(2, 3, 4, lo=-3, hi=3)
+    check([node("QuantizeLinear", ["x", "s", "z"])], {"x": x},
+          {"s": np.array(0.02, np.float32), "z": np.array(3, np.int8)}, exact=True)
+    check([node("QuantizeLinear", ["x", "s", "z"], axis=1)], {"x": x},
+          {"s": np.array([0.01, 0.02, 0.05], np.float32), "z": np.array([0, 128, 255], np.uint8)}, exact=True)
+    q = _rng(2).integers(-128, 127, (2, 3, 4)).astype(np.int8)
+    check([node("DequantizeLinear", ["q", "s", "z"], axis=1)], {"q": q},
+          {"s": np.array([0.01, 0.02, 0.05], np.float32), "z": np.array([1, -2, 0], np.int8)}, exact=True)
+
+
+def test_sequences_and_sequence_ops():
+    nodes = [node("SplitToSequence", ["x", "sp"], ["seq"], axis=1),
+             helper.make_node("SequenceInsert", ["seq", "x"], ["seq2"]),
+             helper.make_node("SequenceErase", ["seq2", "zero"], ["seq3"]),
+             helper.make_node("SequenceLength", ["seq3"], ["n"]),
+             helper.make_node("SequenceAt", ["seq3", "minus1"], ["last"]),
+             helper.make_node("ConcatFromSequence", ["seq3"], ["y"], axis=1)]
+    check(nodes, {"x": f32(2, 5, 3)}, {"sp": i64(2, 3), "zero": np.array(0, np.int64),
+                                       "minus1": np.array(-1, np.int64)}, outputs=["y", "n", "last"], exact=True)
+    check([node("SplitToSequence", ["x"], ["seq"], axis=2, keepdims=0),
+           helper.make_node("ConcatFromSequence", ["seq"], ["y"], axis=0, new_axis=1)], {"x": f32(2, 5, 3)},
+          outputs=["y"], exact=True)
+
+
+def test_compress_reverse_sequence_mvn():
+    check([node("Compress", ["x", "c"], axis=1)], {"x": f32(3, 4)}, {"c": np.array([True, False, True])}, exact=True)
+    check([node("Compress", ["x", "c"])], {"x": f32(3, 4)}, {"c": np.array([0, 1, 1, 0, 1], bool)}, exact=True)
+    check([node("ReverseSequence", ["x", "l"], batch_axis=1, time_axis=0)], {"x": f32(5, 3, 2)},
+          {"l": i64(5, 2, 1)}, exact=True)
+    check([node("ReverseSequence", ["x", "l"], batch_axis=0, time_axis=1)], {"x": f32(3, 5, 2)},
+          {"l": i64(4, 5, 1)}, exact=True)
+    check([node("MeanVarianceNormalization", ["x"])], {"x": f32(2, 3, 4, 5)}, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_norm_extra_outputs_are_listed_not_dropped():
+    m = _model([node("LayerNormalization", ["x", "s"], ["y", "mean", "inv"])], {"x": f32(2, 3)},
+               {"s": f32(3)}, ["y", "mean", "inv"], 18)
+    with pytest.raises(UnsupportedOnnxError, match="LayerNormalization"):
+        OnnxModule(m)

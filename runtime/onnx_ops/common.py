@@ -99,7 +99,11 @@ def node_attrs(node, where: str, opset: int) -> Attrs:
 
 
 def ints(x: torch.Tensor | None) -> list[int] | None:
-    return None if x is None else [int(v) for v in x.reshape(-1).tolist()]
+    """A shape-like tensor's values (called for every Slice/Reshape/...: kept cheap)."""
+    if x is None:
+        return None
+    v = x.tolist() if x.dim() == 1 else x.reshape(-1).tolist()
+    return v if x.dtype in (torch.int64, torch.int32) else [int(e) for e in v]
 
 
 def floats(x: torch.Tensor | None) -> list[float] | None:

@@ -39,6 +39,8 @@ def _instancenorm(a):
 
 def _layernorm(a):
     axis, eps = a.get("axis", -1), a.get("epsilon", 1e-5)
+    if a.num_outputs > 1:
+        raise Unsupported("LayerNormalization's Mean and InvStdDev outputs")
     if a.get("stash_type", 1) != 1:
         raise Unsupported("LayerNormalization with stash_type other than float")
 
@@ -74,7 +76,18 @@ def _einsum(a):
     return lambda *xs: torch.einsum(eq, *xs)
 
 
+def _mvn(a):
+    axes = tuple(a.get("axes", [0, 2, 3]))
+
+    def fn(x):
+        mean = x.mean(dim=axes, keepdim=True)
+        var = (x * x).mean(dim=axes, keepdim=True) - mean * mean
+        return (x - mean) / (torch.sqrt(var) + 1e-9)
+    return fn
+
+
 OPS = {
+    "MeanVarianceNormalization": _mvn,
     "Gemm": _gemm, "MatMul": binary(torch.matmul), "Einsum": _einsum, "BatchNormalization": _batchnorm,
     "InstanceNormalization": _instancenorm, "LayerNormalization": _layernorm, "GroupNormalization": _groupnorm,
 }

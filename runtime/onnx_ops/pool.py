@@ -87,12 +87,12 @@ def _avgpool(a):
 def _lppool(a):
     kernel, n, strides, dil = _window(a)
     p = a.get("p", 2)
+    if any(d != 1 for d in dil):
+        raise Unsupported("LpPool with dilations")
 
     def fn(x):
         pads = auto_pads(a, list(x.shape[2:]), kernel, strides, dil)
         xp = pad_spatial(x.abs() ** p, pads)
-        if any(d != 1 for d in dil):
-            raise Unsupported("LpPool with dilations")
         s = _AVGPOOL[n](xp, kernel, strides, 0, ceil_mode=bool(a.get("ceil_mode", 0)),
                         count_include_pad=True) * math.prod(kernel)
         return s ** (1.0 / p)

@@ -1,4 +1,5 @@
-"""Resize (opsets 10-19) and Upsample: nearest, linear and cubic, every coordinate transformation mode.
+"""Resampling: Resize (opsets 10-19) and Upsample (nearest, linear and cubic, every coordinate transformation
+mode) and GridSample.
 
 The output size and each output pixel's source coordinate are computed per axis in float32 exactly as
 onnxruntime does (same formulas, same operation order, same rounding rules), so nearest is bit-exact
@@ -197,7 +198,23 @@ def _along(x: torch.Tensor, d: int, xo: np.ndarray, n_in: int, mode: str, neares
     return out
 
 
+def _grid_sample(a):
+    mode = {"linear": "bilinear", "cubic": "bicubic"}.get(a.get("mode", "bilinear"), a.get("mode", "bilinear"))
+    pad = a.get("padding_mode", "zeros")
+    if mode not in ("bilinear", "nearest", "bicubic") or pad not in ("zeros", "border", "reflection"):
+        raise Unsupported(f"GridSample mode {mode!r} padding_mode {pad!r}")
+    align = bool(a.get("align_corners", 0))
+
+    def fn(x, grid):
+        if x.dim() != 4 and not (x.dim() == 5 and mode != "bicubic"):
+            raise Unsupported(f"GridSample on a rank-{x.dim()} input")
+        return torch.nn.functional.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode=pad,
+                                               align_corners=align)
+    return fn
+
+
 OPS = {
+    "GridSample": _grid_sample,
     "Resize": lambda a: _resize_builder(a, "resize"),
     "Upsample": lambda a: _resize_builder(a, "upsample"),
 }

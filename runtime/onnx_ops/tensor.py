@@ -173,6 +173,8 @@ def _scatter_elements(a):
 
 def _scatter_nd(a):
     red = a.get("reduction", "none")
+    if red not in ("none", "add"):
+        raise Unsupported(f"ScatterND with reduction {red!r}")
 
     def fn(x, idx, upd):
         idx = idx.to(torch.int64)
@@ -185,10 +187,8 @@ def _scatter_nd(a):
         key = tuple(flat_idx.unbind(-1))
         if red == "none":
             out[key] = u
-        elif red == "add":
-            out.index_put_(key, u, accumulate=True)
         else:
-            raise Unsupported(f"ScatterND with reduction {red!r}")
+            out.index_put_(key, u, accumulate=True)
         return out
     return fn
 
@@ -331,7 +331,37 @@ def _one_hot(a):
     return fn
 
 
+def _compress(a):
+    axis = a.get("axis")
+
+    def fn(x, cond):
+        keep = torch.nonzero(cond.reshape(-1).to(torch.bool)).reshape(-1).to(x.device)
+        if axis is None:
+            return x.reshape(-1).index_select(0, keep[keep < x.numel()])
+        ax = norm_axis(a, axis, x.dim())
+        return x.index_select(ax, keep[keep < x.shape[ax]])
+    return fn
+
+
+def _reverse_sequence(a):
+    batch_axis, time_axis = a.get("batch_axis", 1), a.get("time_axis", 0)
+
+    def fn(x, lens):
+        steps = torch.arange(x.shape[time_axis], device=x.device)
+        lens = lens.to(torch.int64).to(x.device)
+        # per batch entry b, time t < len[b] reads t' = len[b] - 1 - t; later steps stay
+        idx = torch.where(steps[None, :] < lens[:, None], lens[:, None] - 1 - steps[None, :], steps[None, :])
+        if time_axis == 0:
+            idx = idx.t()
+        shape = [1] * x.dim()
+        shape[batch_axis], shape[time_axis] = x.shape[batch_axis], x.shape[time_axis]
+        idx = idx.reshape(shape).expand_as(x)
+        return torch.gather(x, time_axis, idx)
+    return fn
+
+
 OPS = {
+    "Compress": _compress, "ReverseSequence": _reverse_sequence,
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze, "Concat": _concat, "Split": _split, "Slice": _slice, "Gather": _gather,
     "GatherElements": _gather_elements, "GatherND": _gather_nd, "ScatterElements": _scatter_elements,
