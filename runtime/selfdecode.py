@@ -56,6 +56,7 @@ __all__ = [
     "functions",
     "regenerated_weights_model",
     "self_decoding_model",
+    "self_decoding_model_sources",
     "table_checksums",
     "table_encoded_size",
     "table_encoding",
@@ -549,6 +550,12 @@ def self_decoding_model(container: str | os.PathLike | Container):
     Graphs whose default opset is below 18 are converted to opset 18 first (onnx.version_converter),
     since the decoder needs opset-18 bitwise operators; GraphError if that fails or there is no graph.
     """
+    return self_decoding_model_sources(container)[0]
+
+
+def self_decoding_model_sources(container: str | os.PathLike | Container) -> tuple:
+    """(`self_decoding_model`, {file tensor name: the top-graph value that holds it once decoded}) for every
+    coded tensor the graph uses: its own name, or for a stub the decoder's value that the stub reads."""
     from onnx import helper
 
     c = load_container(container)
@@ -605,7 +612,7 @@ def self_decoding_model(container: str | os.PathLike | Container):
     model.functions.extend(dec.functions(opset))
     model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     model.ir_version = max(model.ir_version, _IR_MIN)
-    return model
+    return model, {name: rename.get(name, name) for name in sorted(wanted & coded)}
 
 
 _AS_DECODED = {"bfloat16": "uint16", "bool": "uint8"}  # raw dtypes numpy/mrcformat.decode represent differently
