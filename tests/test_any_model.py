@@ -289,3 +289,69 @@ def test_unexportable_model_fails_before_training():
     with pytest.raises(GraphCheckError):
         compress(DataDependent(), loader, 64, index_bits=8, steps=50, progress=False,
                  example_input=torch.ones(1, 8))
+
+
+class Streaming(nn.Module):
+    """A streaming model: (chunk, (h, c)) in, (speech probability, (h, c)) out."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = nn.LSTMCell(8, 16)
+        self.out = nn.Linear(16, 1)
+
+    def forward(self, x, state):
+        h, c = self.cell(x, tuple(state))
+        return torch.sigmoid(self.out(h)), (h, c)
+
+
+class _Chunks(torch.utils.data.Dataset):
+    def __init__(self, n=48):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.h, self.c = (torch.randn(n, k, generator=g) * s for k, s in ((8, 1.0), (16, 0.3), (16, 0.3)))
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], (self.h[i], self.c[i])
+
+
+def test_streaming_state_in_and_out(tmp_path):
+    from mrcformat_runtime.ort import session
+
+    torch.manual_seed(0)
+    model = Streaming()
+    loader = DataLoader(_Chunks(), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
+    result = compress(model, loader, 200, index_bits=8, steps=20, retrain_steps=1, blocks_per_round=16,
+                      progress=False)
+    assert {t.name for t in result.container.tensors if t.encoding == "coded"} == {
+        "cell.weight_ih", "cell.weight_hh", "cell.bias_ih", "cell.bias_hh"}
+    result.save(tmp_path / "s.mrc")
+    sess = session(tmp_path / "s.mrc")
+    assert [i.name for i in sess.get_inputs()] == ["input", "input1.0", "input1.1"]
+    assert [o.name for o in sess.get_outputs()] == ["output", "output1.0", "output1.1"]
+    ref = result.load_into(Streaming()).eval()
+    x, h, c = torch.randn(5, 8), torch.zeros(5, 16), torch.zeros(5, 16)
+    got = sess.run(None, {"input": x.numpy(), "input1.0": h.numpy(), "input1.1": c.numpy()})
+    with torch.no_grad():
+        p, (h2, c2) = ref(x, (h, c))
+    for g, w in zip(got, (p, h2, c2)):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_keyword_inputs_in_any_order():
+    class Keyed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.b = nn.Linear(4, 8)
+
+        def forward(self, first, second):
+            return self.a(first) - self.b(second)
+
+    torch.manual_seed(0)
+    inputs = {"second": torch.randn(3, 4), "first": torch.randn(3, 8)}       # not the signature's order
+    graph = export_checked(Keyed(), inputs, check_inputs=({"first": torch.randn(5, 8), "second": torch.randn(5, 4)},))
+    import onnx
+
+    assert [i.name for i in onnx.ModelProto.FromString(graph).graph.input] == ["first", "second"]

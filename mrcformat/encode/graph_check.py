@@ -11,6 +11,7 @@ The graph depends only on the architecture, so this export is the one the file s
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from .signature import call, example_args, input_names, named_leaves
+from .signature import call, example_args, input_leaves, input_names, named_leaves
 
 __all__ = ["GraphCheckError", "export_checked", "graph_outputs"]
 
@@ -35,11 +36,17 @@ def graph_outputs(model: nn.Module, inputs: Any) -> tuple[list[str], list[np.nda
     return [n for n, _ in leaves], [t.detach().cpu().numpy() for _, t in leaves]
 
 
-def _feeds(inputs: Any, names: list[str], wanted: set[str]) -> dict[str, np.ndarray]:
-    values = list(inputs.values()) if isinstance(inputs, dict) else \
-        (list(inputs) if isinstance(inputs, (tuple, list)) else [inputs])
-    return {n: v.detach().cpu().numpy() for n, v in zip(names, values)
-            if n in wanted and isinstance(v, torch.Tensor)}
+def _feeds(inputs: Any, wanted: set[str]) -> dict[str, np.ndarray]:
+    return {n: v.detach().cpu().numpy() for n, v in input_leaves(inputs) if n in wanted}
+
+
+def _in_signature_order(model: nn.Module, inputs: Any) -> Any:
+    """Keyword inputs in the order of `model.forward`'s parameters (the order the exporter gives them)."""
+    if not isinstance(inputs, dict):
+        return inputs
+    params = list(inspect.signature(model.forward).parameters)
+    rank = {name: i for i, name in enumerate(params)}
+    return dict(sorted(inputs.items(), key=lambda kv: rank.get(kv[0], len(params))))
 
 
 def _with_tensors(graph: bytes, state: dict[str, torch.Tensor]) -> bytes:
@@ -67,6 +74,8 @@ def export_checked(model: nn.Module, example_inputs: Any, *, dynamic_axes: dict 
     from mrcformat_runtime.graph import export_architecture
 
     work = copy.deepcopy(model).cpu().eval()
+    example_inputs = _in_signature_order(work, example_inputs)
+    check_inputs = tuple(_in_signature_order(work, c) for c in check_inputs)
     in_names = input_names(example_inputs)
     try:
         out_names, _ = graph_outputs(work, example_inputs)
@@ -100,7 +109,7 @@ def export_checked(model: nn.Module, example_inputs: Any, *, dynamic_axes: dict 
     for inputs in (example_inputs, *check_inputs):
         names, expected = graph_outputs(work, inputs)
         try:
-            got = sess.run(None, _feeds(inputs, in_names, wanted))
+            got = sess.run(None, _feeds(inputs, wanted))
         except Exception as e:  # noqa: BLE001
             shapes = [tuple(t.shape) for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)]
             raise GraphCheckError(f"the exported architecture fails in onnxruntime on inputs of shapes {shapes} "

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-__all__ = ["batch_size", "call", "example_args", "has_labels", "input_names", "named_leaves", "split_batch",
-           "to_device"]
+__all__ = ["batch_size", "call", "example_args", "has_labels", "input_leaves", "input_names", "named_leaves",
+           "split_batch", "to_device"]
 
 
 def call(model, inputs: Any):
@@ -91,12 +91,29 @@ def named_leaves(outputs: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def input_names(inputs: Any) -> list[str]:
-    """Graph input names: "input", "input1", ... for positional inputs, the keys for keyword ones."""
+def input_leaves(inputs: Any) -> list[tuple[str, torch.Tensor]]:
+    """(graph input name, tensor) of every tensor in `inputs`, in the order an export flattens them:
+    positional inputs "input", "input1", ..., keyword inputs by their keys; a nested input (a streaming
+    state (h, c)) gives "<name>.0", "<name>.1", ... Non-tensor inputs are constants of the graph."""
     if isinstance(inputs, dict):
-        return [str(k) for k in inputs]
-    n = len(inputs) if isinstance(inputs, (tuple, list)) else 1
-    return ["input" if i == 0 else f"input{i}" for i in range(n)]
+        items = [(str(k), v) for k, v in inputs.items()]
+    elif isinstance(inputs, (tuple, list)):
+        items = [("input" if i == 0 else f"input{i}", v) for i, v in enumerate(inputs)]
+    else:
+        items = [("input", inputs)]
+    out = []
+    for base, v in items:
+        if isinstance(v, torch.Tensor):
+            out.append((base, v))
+            continue
+        leaves = [t for t in pytree.tree_leaves(v) if isinstance(t, torch.Tensor)]
+        out.extend((f"{base}.{j}", t) for j, t in enumerate(leaves))
+    return out
+
+
+def input_names(inputs: Any) -> list[str]:
+    """The graph input names of `inputs` (`input_leaves`)."""
+    return [n for n, _ in input_leaves(inputs)]
 
 
 def example_args(inputs: Any):
