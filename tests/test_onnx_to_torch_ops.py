@@ -714,3 +714,78 @@ def test_layer_norm_extra_outputs_are_listed_not_dropped():
                {"s": f32(3)}, ["y", "mean", "inv"], 18)
     with pytest.raises(UnsupportedOnnxError, match="LayerNormalization"):
         OnnxModule(m)
+
+
+# ----------------------------------------------------------------------------- graphs torch.onnx.export writes
+class _ImageNet(torch.nn.Module):
+    """Layers whose exports use Resize, ConvTranspose, Pad, PRelu, Split, HardSwish/HardSigmoid, DepthToSpace."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.prelu = torch.nn.PReLU(8)
+        self.up = torch.nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1, output_padding=1)
+        self.norm = torch.nn.InstanceNorm2d(4, affine=True)
+        self.shuffle = torch.nn.PixelShuffle(2)
+        self.head = torch.nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        y = self.prelu(self.conv(x))
+        a, b = torch.split(self.up(y), 4, dim=1)
+        a = torch.nn.functional.interpolate(self.norm(a), scale_factor=2, mode="bilinear", align_corners=False)
+        b = torch.nn.functional.interpolate(b, size=a.shape[-2:], mode="nearest")
+        z = torch.nn.functional.pad(torch.nn.functional.hardswish(a) + torch.nn.functional.hardsigmoid(b),
+                                    (1, 2, 0, 1), mode="reflect")
+        z = self.shuffle(torch.cat([z, z], 1))
+        return {"map": torch.sigmoid(self.head(z[:, :2])), "mean": z.mean(dim=(2, 3))}
+
+
+class _SequenceNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 6)
+        self.conv = torch.nn.Conv1d(6, 6, 3, padding=1)
+        self.lstm = torch.nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+        self.gru = torch.nn.GRU(10, 4)
+        self.ln = torch.nn.LayerNorm(4)
+
+    def forward(self, tokens, h0):
+        e = self.conv(self.emb(tokens).transpose(1, 2)).transpose(1, 2)
+        y, _ = self.lstm(e)
+        z, h = self.gru(y.transpose(0, 1), h0)
+        return self.ln(z), h
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_torch_exported_image_model_any_size(tmp_path, opset):
+    torch.manual_seed(0)
+    net = _ImageNet().eval()
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False, opset_version=opset,
+                      input_names=["x"], output_names=["map", "mean"],
+                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+    mod = OnnxModule(path).eval()
+    assert {"Resize", "ConvTranspose", "Pad", "PRelu", "Split"} <= {n.op_type for n in onnx.load(str(path)).graph.node}
+    for shape in [(1, 3, 16, 16), (2, 3, 24, 40)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            want = net(x)
+            got = mod(x)
+        torch.testing.assert_close(got[0], want["map"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got[1], want["mean"], rtol=1e-4, atol=1e-5)
+
+
+def test_torch_exported_sequence_model(tmp_path):
+    torch.manual_seed(0)
+    net = _SequenceNet().eval()
+    path = tmp_path / "seq.onnx"
+    torch.onnx.export(net, (torch.randint(0, 20, (2, 7)), torch.zeros(1, 2, 4)), str(path), dynamo=False,
+                      opset_version=17, input_names=["tokens", "h0"], output_names=["y", "h"],
+                      dynamic_axes={"tokens": {0: "b", 1: "t"}, "h0": {1: "b"}})
+    mod = OnnxModule(path).eval()
+    for b, t in [(2, 7), (3, 11)]:
+        tok, h0 = torch.randint(0, 20, (b, t)), torch.randn(1, b, 4)
+        with torch.no_grad():
+            want, got = net(tok, h0), mod(tok, h0)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
