@@ -672,47 +672,12 @@ def _check_stubs(graph, tensors: list[Tensor], where: str, report: Report) -> bo
 
 
 def _external_data_tensors(model) -> list[str]:
-    """Every tensor anywhere in the model that points to external data: initializers and sparse
-    initializers of every graph, tensor and sparse-tensor attributes of every node, at any depth, in the
-    main graph, in model-local functions and in training_info graphs (SPEC.md 7.6: "anywhere")."""
-    import onnx
+    """Every tensor anywhere in the model that points to external data (SPEC.md 7.6: "anywhere"): a walk
+    over every field of the ModelProto, functions and their default attributes, training_info and
+    subgraphs at any depth included (`onnx_external.external_data_tensors`)."""
+    from .onnx_external import external_data_tensors
 
-    from .onnx_graphs import all_graphs
-
-    def external(t) -> bool:
-        return t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data) > 0
-
-    roots = [model.graph] if not isinstance(model, onnx.GraphProto) else [model]
-    if isinstance(model, onnx.ModelProto):
-        for ti in model.training_info:
-            roots += [ti.initialization, ti.algorithm]
-    node_lists = [g.node for root in roots for g in all_graphs(root)]
-    tensors = []
-    for root in roots:
-        for g in all_graphs(root):
-            tensors += list(g.initializer)
-            tensors += [x for sp in g.sparse_initializer for x in (sp.values, sp.indices)]
-    if isinstance(model, onnx.ModelProto):
-        for f in model.functions:
-            node_lists.append(f.node)
-            for node in f.node:  # subgraphs held by a function's nodes
-                for a in node.attribute:
-                    for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                        for g in all_graphs(sub):
-                            node_lists.append(g.node)
-                            tensors += list(g.initializer)
-                            tensors += [x for sp in g.sparse_initializer for x in (sp.values, sp.indices)]
-    for nodes in node_lists:
-        for node in nodes:
-            for a in node.attribute:
-                if a.HasField("t"):
-                    tensors.append(a.t)
-                tensors.extend(a.tensors)
-                if a.HasField("sparse_tensor"):
-                    tensors += [a.sparse_tensor.values, a.sparse_tensor.indices]
-                for sp in a.sparse_tensors:
-                    tensors += [sp.values, sp.indices]
-    return [t.name or "<unnamed>" for t in tensors if external(t)]
+    return external_data_tensors(model)
 
 
 def from_bytes(data: bytes | memoryview, check_graph: bool = True,
