@@ -50,6 +50,37 @@ def _constant_value(a: dict) -> torch.Tensor:
     raise Unsupported(f"Constant with attribute {sorted(a)}")
 
 
+def _reads(node) -> set[str]:
+    """Every value name a node reads, its subgraphs' reads (outer-scope values) included."""
+    names = set(node.input)
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == 5 else list(attr.graphs) if attr.type == 10 else []):
+            for n in sub.node:
+                names |= _reads(n)
+            names |= {o.name for o in sub.output}
+    names.discard("")
+    return names
+
+
+def _with_frees(steps: list, outputs: list[str]) -> list:
+    """Steps with, for each, the values it produces or reads for the last time (graph outputs kept)."""
+    last: dict[str, int] = {}
+    produced: set[str] = set()
+    for i, (_, _, outs, _, reads) in enumerate(steps):
+        for n in reads:
+            last[n] = i
+        for n in outs:
+            if n:
+                produced.add(n)
+                last.setdefault(n, i)
+                last[n] = max(last[n], i)
+    keep = set(outputs)
+    frees: list[list[str]] = [[] for _ in steps]
+    for n in produced - keep:
+        frees[last[n]].append(n)
+    return [(fn, ins, outs, scoped, frees[i]) for i, (fn, ins, outs, scoped, _) in enumerate(steps)]
+
+
 class _Graph:
     """A compiled (sub)graph: its constants (name -> key in the module's store), its steps, its input
     and output names. `run(scope, inputs)` evaluates it in a scope that sees the enclosing values."""
@@ -64,7 +95,7 @@ class _Graph:
             env[name] = getattr(store, key)
         for name, value in zip(self.inputs, inputs):
             env[name] = value
-        for fn, ins, outs, scoped in self.steps:
+        for fn, ins, outs, scoped, frees in self.steps:
             args = [env[n] if n else None for n in ins]
             while args and args[-1] is None:
                 args.pop()
@@ -75,6 +106,8 @@ class _Graph:
                         env[n] = r
             else:
                 env[outs[0]] = res
+            for n in frees:  # values no later step reads: freed as onnxruntime does (peak memory)
+                del env[n]
         return [env[n] for n in self.outputs]
 
 
@@ -93,14 +126,16 @@ class OnnxModule(nn.Module):
             model = onnx.load(os.fspath(model))
         elif isinstance(model, (bytes, bytearray, memoryview)):
             model = onnx.ModelProto.FromString(bytes(model))
+        if len(model.functions):  # model-local functions: their bodies inlined (onnx's own inliner)
+            import onnx.inliner
+
+            model = onnx.inliner.inline_local_functions(model)
         tensors = dict(tensors or {})
         self._problems: list[tuple[str, str, str, str]] = []
         self._opset = 1
-        for imp in model.opset_import:
+        for imp in model.opset_import:  # other domains: their nodes are listed as unsupported
             if imp.domain in ("", "ai.onnx"):
                 self._opset = imp.version
-            else:
-                self._problems.append(("", "", f"{imp.domain}.*", f"operator set domain {imp.domain!r}"))
         self._names: dict[str, str] = {}   # ONNX name -> attribute name in self._weights
         self._weights = nn.Module()
         self._settings = self._setting_names(model.graph)
@@ -158,7 +193,8 @@ class OnnxModule(nn.Module):
                            and name not in self._settings)
 
     def _problem(self, path: str, node, why: str) -> None:
-        self._problems.append((path, node.name or (node.output[0] if node.output else ""), node.op_type, why))
+        op = f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+        self._problems.append((path, node.name or (node.output[0] if node.output else ""), op, why))
 
     def _compile(self, g, path: str, outer: set[str], given: list[tuple[str, str]] = ()) -> _Graph:
         consts: list[tuple[str, str]] = list(given)
@@ -181,7 +217,7 @@ class OnnxModule(nn.Module):
                 raise GraphError(f"{node.op_type} node {node.name!r} reads {missing}, which no graph input, "
                                  "initializer or earlier node defines", f"graph{where}.node[{node.name!r}]")
             if node.domain not in ("", "ai.onnx"):
-                self._problem(path, node, f"operator domain {node.domain!r}")
+                self._problem(path, node, f"operator domain {node.domain!r} (only the default ONNX domain)")
                 known.update(node.output)
                 continue
             a = node_attrs(node, where, self._opset)
@@ -214,13 +250,14 @@ class OnnxModule(nn.Module):
                 self._problem(path, node, str(e))
                 known.update(node.output)
                 continue
-            steps.append((fn, list(node.input), list(node.output), bool(getattr(fn, "scoped", False))))
+            steps.append((fn, list(node.input), list(node.output), bool(getattr(fn, "scoped", False)),
+                          _reads(node)))
             known.update(node.output)
         outputs = [o.name for o in g.output]
         undefined = [n for n in outputs if n not in known]
         if undefined:
             raise GraphError(f"graph outputs {undefined} are never defined", f"graph{path}.output")
-        return _Graph(self._weights, consts, [i.name for i in g.input], outputs, steps)
+        return _Graph(self._weights, consts, [i.name for i in g.input], outputs, _with_frees(steps, outputs))
 
     # ------------------------------------------------------------------ use
     def tensor(self, name: str) -> torch.Tensor:
@@ -233,7 +270,21 @@ class OnnxModule(nn.Module):
             if key in self._weights._parameters:
                 yield name, self._weights._parameters[key]
 
-    def forward(self, *inputs: torch.Tensor):
+    def forward(self, *inputs: torch.Tensor, **named: torch.Tensor):
+        """The graph outputs for the graph inputs, in `input_names` order or by name (or both)."""
+        if named:
+            unknown = sorted(set(named) - set(self.input_names))
+            if unknown:
+                raise TypeError(f"unknown input name(s) {unknown}; the inputs are {self.input_names}")
+            given = dict(zip(self.input_names, inputs))
+            twice = sorted(set(given) & set(named))
+            if twice:
+                raise TypeError(f"input(s) {twice} given both by position and by name")
+            given.update(named)
+            missing = [n for n in self.input_names if n not in given]
+            if missing:
+                raise TypeError(f"missing input(s) {missing}")
+            inputs = tuple(given[n] for n in self.input_names)
         if len(inputs) != len(self.input_names):
             raise TypeError(f"expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
         outs = self._graph.run(None, inputs)

@@ -605,7 +605,7 @@ def test_unsupported_ops_listed_all_at_once_before_running():
         OnnxModule(m)
     err = e.value
     assert isinstance(err, NotImplementedError)
-    assert err.op_types == ["Foo", "NonMaxSuppression", "Resize", "StringNormalizer"]
+    assert err.op_types == ["NonMaxSuppression", "Resize", "StringNormalizer", "com.example.Foo"]
     names = {p[1] for p in err.problems}
     assert names == {"nms_1", "nms_2", "aa", "deep_one", "custom"}
     deep = {p[0] for p in err.problems if p[1] == "deep_one"}
@@ -789,3 +789,32 @@ def test_torch_exported_sequence_model(tmp_path):
             want, got = net(tok, h0), mod(tok, h0)
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_inputs_by_name_and_local_functions_inlined():
+    fn = helper.make_function("local", "Scaled", ["a", "b"], ["c"],
+                              [helper.make_node("Mul", ["a", "b"], ["t"]), helper.make_node("Add", ["t", "a"], ["c"])],
+                              [helper.make_opsetid("", 18)])
+    g = helper.make_graph([helper.make_node("Scaled", ["x", "w"], ["y"], domain="local")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("w", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("local", 1)],
+                          functions=[fn])
+    m.ir_version = 10
+    x, w = f32(2, 3), f32(2, 3, seed=1)
+    (want,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "w": w})
+    mod = OnnxModule(m)
+    got = mod(w=torch.from_numpy(w), x=torch.from_numpy(x))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
+    with pytest.raises(TypeError, match="unknown"):
+        mod(torch.from_numpy(x), z=torch.from_numpy(w))
+
+
+def test_intermediate_values_are_freed():
+    nodes = [node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["b"]),
+             helper.make_node("Add", ["b", "x"], ["y"])]
+    mod = OnnxModule(_model(nodes, {"x": f32(3)}, {}, ["y"], 18))
+    frees = [step[4] for step in mod._graph.steps]
+    assert frees == [[], ["a"], ["b"]]
