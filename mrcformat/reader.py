@@ -20,10 +20,10 @@ from .bitpack import padding_bits_are_zero, unpack_indices
 from .container import DTYPES, MAGIC, PREAMBLE_SIZE, SAMPLER, SECTION_KINDS, VERSION, Container, Group, Tensor
 from .errors import (
     BadMagicError, BlockSizeError, ChecksumError, CodingParameterError, DuplicateNameError, ExternalDataError,
-    FieldTypeError, FieldValueError, GraphError, HashingError, HeaderDecodeError, HeaderSizeError,
-    IndexPayloadError, IndexWidthError, LayoutParameterError, LimitError, MetadataError,
-    GroupReferenceError, MissingFieldError, MrcError, PaddingError, RawValueError, ReservedError, ScalesError,
-    SectionLayoutError, SectionLengthError, SectionReferenceError, ShapeError, TrailingBytesError, TruncatedError, UnknownDTypeError,
+    FieldTypeError, FieldValueError, GraphError, GroupReferenceError, HashingError, HeaderDecodeError,
+    HeaderSizeError, IndexPayloadError, IndexWidthError, LayoutParameterError, LimitError, MetadataError,
+    MissingFieldError, MrcError, PaddingError, RawValueError, ReservedError, ScalesError, SectionLayoutError,
+    SectionLengthError, SectionReferenceError, ShapeError, TrailingBytesError, TruncatedError, UnknownDTypeError,
     UnknownEncodingError, UnknownFieldError, UnknownSamplerError, UnsupportedVersionError,
 )
 from .layout import Layout

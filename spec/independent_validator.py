@@ -170,7 +170,7 @@ def _fields(h: dict, minor: int):
     top.unknown(TOP + (("graph_size",) if v11 else ()), strict)
     if top.get("sampler", lambda v: isinstance(v, str)) != "normal16":
         raise Reject("unknown-sampler", "sampler")
-    seed = top.int("seed", 0, 2**64 - 1)
+    top.int("seed", 0, 2**64 - 1)
     groups = top.get("groups", lambda v: isinstance(v, list))
     if len(groups) > 65536:
         raise Reject("limit", "groups")
@@ -216,10 +216,9 @@ def _fields(h: dict, minor: int):
         if kind not in ("contiguous", "affine"):
             raise Reject("field-value", lay.at("kind"))
         lay.unknown(("kind",) if kind == "contiguous" else ("kind", "a", "c"), strict)
-        a, c = 1, 0
         if kind == "affine":
             a = lay.int("a", 0, n - 1, "layout-parameter")
-            c = lay.int("c", 0, n - 1, "layout-parameter")
+            lay.int("c", 0, n - 1, "layout-parameter")
             if math.gcd(a, n) != 1:
                 raise Reject("layout-parameter", lay.path)
         hashing = f.get("hashing", lambda v: isinstance(v, bool))
@@ -228,7 +227,7 @@ def _fields(h: dict, minor: int):
             scales = f.int("scales")
             if hashing:
                 raise Reject("scales", f.at("scales"))
-        gs.append(dict(mu=mu, sigma=sigma, B=bsz, w=bits, n=n, hashing=hashing, scales=scales))
+        gs.append({"mu": mu, "sigma": sigma, "B": bsz, "w": bits, "n": n, "hashing": hashing, "scales": scales})
     ts, names = [], set()
     for ti, t in enumerate(tensors):
         where = f"tensors[{ti}]"
@@ -260,12 +259,13 @@ def _fields(h: dict, minor: int):
         if numel > 2**31 - 1:
             raise Reject("shape", f.at("shape"))
         if enc == "coded":
-            ts.append(dict(name=name, shape=shape, numel=numel, coded=True, group=f.int("group")))
+            ts.append({"name": name, "shape": shape, "numel": numel, "coded": True, "group": f.int("group")})
         else:
             dtype = f.get("dtype", lambda v: isinstance(v, str))
             if dtype not in DTYPES:
                 raise Reject("unknown-dtype", f.at("dtype"))
-            ts.append(dict(name=name, shape=shape, numel=numel, coded=False, dtype=dtype, section=f.int("section")))
+            ts.append({"name": name, "shape": shape, "numel": numel, "coded": False, "dtype": dtype,
+                       "section": f.int("section")})
     ss = []
     for si, s in enumerate(sections):
         where = f"sections[{si}]"
@@ -276,9 +276,9 @@ def _fields(h: dict, minor: int):
         kind = f.get("kind", lambda v: isinstance(v, str))
         if kind not in KINDS:
             raise Reject("field-value", f.at("kind"))
-        ss.append(dict(kind=kind, off=f.int("offset", 0, 2**64 - 1), len=f.int("length", 0, 2**64 - 1),
-                       crc=f.int("crc32", 0, 2**32 - 1)))
-    return seed, gs, ts, ss, indices, graph, graph_size
+        ss.append({"kind": kind, "off": f.int("offset", 0, 2**64 - 1), "len": f.int("length", 0, 2**64 - 1),
+                   "crc": f.int("crc32", 0, 2**32 - 1)})
+    return gs, ts, ss, indices, graph, graph_size
 
 
 # ---------------------------------------------------------------------------------------- the file (7.1-7.5)
@@ -298,7 +298,7 @@ def _check(d: bytes) -> None:
         raise Reject("header-size", 12)
     if zlib.crc32(d[24:24 + H]) != hcrc:
         raise Reject("checksum", 16)
-    seed, groups, tensors, sections, isec, gsec, graph_size = _fields(_header(d[24:24 + H]), minor)
+    groups, tensors, sections, isec, gsec, graph_size = _fields(_header(d[24:24 + H]), minor)
     # step 9
     end = 24 + H
     for si, s in enumerate(sections):
@@ -530,7 +530,7 @@ def _varint(b: bytes, p: int) -> tuple[int, int]:
 
 
 def _fields_of(b: bytes) -> list[tuple[int, int, object]]:
-    """(field number, wire type, value) of one protobuf message; value: int or bytes."""
+    """(field number, wire type, value) of one protobuf message (already `_validate`d); value: int or bytes."""
     out, p = [], 0
     while p < len(b):
         key, p = _varint(b, p)
@@ -549,26 +549,8 @@ def _fields_of(b: bytes) -> list[tuple[int, int, object]]:
             if p + k > len(b):
                 raise _Bad
             v, p = b[p:p + k], p + k
-        elif wt == 3:  # a group: skip to its end
-            depth, v = 1, None
-            while depth:
-                k2, p = _varint(b, p)
-                n2, w2 = k2 >> 3, k2 & 7
-                if w2 == 3:
-                    depth += 1
-                elif w2 == 4:
-                    depth -= 1
-                elif w2 == 0:
-                    _, p = _varint(b, p)
-                elif w2 in (1, 5):
-                    p += 8 if w2 == 1 else 4
-                elif w2 == 2:
-                    k, p = _varint(b, p)
-                    p += k
-                else:
-                    raise _Bad
-                if p > len(b) or n2 == 0:
-                    raise _Bad
+        elif wt == 3:  # a group (an unknown field): skip to its end
+            p = _skip_group(b, p, num, 1)
             continue
         else:
             raise _Bad
@@ -685,7 +667,10 @@ def _graph_rules(b: bytes, tensors: list[dict], minor: int, where: str) -> None:
         if any(_external(t) for t in every):
             raise Reject("external-data", where)
         files = {t["name"]: t for t in tensors}
-        sparse_names = lambda g: [sp.msg(1).str(8) for sp in g.msgs(15) if sp.msg(1) is not None]  # noqa: E731
+
+        def sparse_names(g: _Msg) -> list[str]:
+            return [sp.msg(1).str(8) for sp in g.msgs(15) if sp.msg(1) is not None]
+
         if minor == 0:
             if any(t.str(8) in files for t in top.msgs(5)) or any(x in files for x in sparse_names(top)):
                 raise Reject("graph", where)

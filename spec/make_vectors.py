@@ -209,8 +209,8 @@ def valid_vectors() -> dict[str, tuple[Container, list[str]]]:
     deflated.graph_deflate = True
     v["graph_deflate"] = (deflated, ["format 1.1", "zlib-compressed graph section (graph_size)"])
     v["graph_stubs"] = (stubs_container(np.random.default_rng(9)),
-                        ["format 1.1", "graph stubs: Constant in an If branch, Constant in a Loop body nested in an "
-                         "If branch, initializer of a branch, top-level initializer (raw)"])
+                        ["format 1.1", ("graph stubs: Constant in an If branch, Constant in a Loop body nested in an "
+                                        "If branch, initializer of a branch, top-level initializer (raw)")])
     return v
 
 
@@ -359,7 +359,7 @@ def setp(path: str, value):
         if value is DELETE:
             del obj[key]
         else:
-            obj[key] = value
+            obj[key] = copy.deepcopy(value)
     return fn
 
 

@@ -5,6 +5,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "spec"))
-from make_vectors import assemble, edit, split_file, unchecked_bytes  # noqa: E402
+from make_vectors import DELETE, assemble, both, edit, setp, split_file, unchecked_bytes  # noqa: E402
 
-__all__ = ["assemble", "edit", "split_file", "unchecked_bytes"]
+__all__ = ["DELETE", "assemble", "both", "edit", "setp", "split_file", "unchecked_bytes"]

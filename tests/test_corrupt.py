@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 import pytest
+from spec_helpers import DELETE, both, setp
 from strategies import identity_graph, make_group
 
 from mrcformat import errors as E
@@ -206,29 +207,7 @@ def nested_duplicate_key_header() -> bytes:
     return raw.replace(empty, msgpack.packb("metadata") + pack_map([("k", "a"), ("k", "b")]))
 
 
-def _set(path: str, value) -> Callable[[dict, list[bytes]], None]:
-    """Mutation that sets header field `path` ('groups.0.sigma'); value DELETE removes it."""
-    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
-
-    def mutate(h, secs):
-        obj = h
-        for p in parents:
-            obj = obj[p]
-        if value is DELETE:
-            del obj[last]
-        else:
-            obj[last] = copy.deepcopy(value)
-    return mutate
-
-
-DELETE = object()
-
-
-def _do(*fns):
-    def mutate(h, secs):
-        for f in fns:
-            f(h, secs)
-    return mutate
+_set, _do = setp, both  # header edits shared with the vector builder (spec/make_vectors.py)
 
 
 def _secs(fn):

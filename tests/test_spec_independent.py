@@ -20,10 +20,10 @@ from mrcformat import MrcError, from_bytes
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "spec" / "vectors"
 MANIFEST = json.loads((VECTORS / "manifest.json").read_text(encoding="utf-8"))
-import sys  # noqa: E402
+import sys
 
 sys.path.insert(0, str(ROOT / "spec"))
-from independent_validator import check  # noqa: E402
+from independent_validator import check
 
 EXAMPLES = int(os.environ.get("MRC_MUTATION_EXAMPLES", "150"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,

@@ -23,7 +23,7 @@ def _tables_after(heading: str) -> list[list[list[str]]]:
     """Every markdown table between `heading` and the next heading of the same or a higher level."""
     level = heading.split(" ")[0]
     body = SPEC_TEXT[SPEC_TEXT.index(heading) + len(heading):]
-    end = re.search(rf"^#{{1,{len(level)}}} ", body, flags=re.M)
+    end = re.search(rf"^#{{1,{len(level)}}} ", body, flags=re.MULTILINE)
     body = body[:end.start()] if end else body
     tables, cur = [], []
     for ln in body.splitlines():
@@ -105,7 +105,9 @@ def test_string_caps_also_bound_characters():
 
 def test_fields_of_spec_tables_match_schema_and_reader():
     top, group, tensor, section = _tables_after("### 7.3 Header fields")
-    field = lambda rows: [r[0].strip("`") for r in rows]  # noqa: E731
+    def field(rows: list[list[str]]) -> list[str]:
+        return [r[0].strip("`") for r in rows]
+
     assert field(top) == list(SCHEMA["properties"]) == list(reader._TOP_1_1)
     assert set(SCHEMA["required"]) == set(reader._TOP)
     assert field(group) == list(DEFS["group"]["properties"]) == list(reader._GROUP_1_1)
@@ -115,7 +117,7 @@ def test_fields_of_spec_tables_match_schema_and_reader():
 
 
 def test_enumerations_match():
-    top, group, tensor, section = _tables_after("### 7.3 Header fields")
+    _, _, tensor, section = _tables_after("### 7.3 Header fields")
     dtype_row = next(r for r in tensor if r[0] == "`dtype`")
     assert re.findall(r"`(\w+)`", dtype_row[2]) == RAW["dtype"]["enum"]
     assert set(RAW["dtype"]["enum"]) == set(DTYPES)
@@ -125,7 +127,7 @@ def test_enumerations_match():
 
 def test_numeric_ranges_in_tables_match_schema():
     """`int, lo..hi` in SPEC.md 7.3 is the schema's minimum/maximum."""
-    top, group, tensor, section = _tables_after("### 7.3 Header fields")
+    top, group, _, section = _tables_after("### 7.3 Header fields")
     props = {"": SCHEMA["properties"], "group": DEFS["group"]["properties"], "section": DEFS["section"]["properties"]}
     checked = 0
     for scope, rows in (("", top), ("group", group), ("section", section)):

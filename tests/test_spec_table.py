@@ -70,7 +70,7 @@ def test_table_is_complete():
 
 @pytest.mark.parametrize("row", RULES, ids=[f"{r[0]}:{r[3]}:{r[5].split(',')[0]}" for r in RULES])
 def test_each_rule_has_vectors_with_its_code(row):
-    step, rule, section, code, where_cell, vectors = row
+    _, rule, _, code, where_cell, vectors = row
     names = [v.strip() for v in vectors.split(",") if v.strip()]
     assert names, f"rule {rule!r} has no vector"
     for v in names:
