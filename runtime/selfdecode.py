@@ -2,18 +2,20 @@
 
 The exported model carries, instead of float32 weights, what the `.mrc` file carries: the groups' packed
 index bytes (concatenated), a few int64/float32 parameters per group, the file's seed, raw tensors, plus
-a compact exact encoding of the normal16 table (SPEC.md section 4). Standard opset-18 operators and two
-model-local functions (domain `mrc.sd`: Round, Table) turn these into the weights; onnxruntime inlines
+a compact exact encoding of the normal16 table (SPEC.md section 4). Standard opset-18 operators and three
+model-local functions (domain `mrc.sd`: Round, Philox, Table) turn these into the weights; onnxruntime inlines
 them and, since every input is a constant, folds the whole decode into initializers at session creation
 (with graph optimisations off, the same nodes run in every `run` instead).
 
-The decoder is a fixed set of ~260 vectorised nodes (after inlining) whatever the number of groups (`_Decoder`), because
-onnxruntime's constant folding costs per node and per byte: it runs one node at a time and turns every
-output into an initializer (copied into a TensorProto and kept until the pass ends). So:
+The decoder is vectorised over the groups (`_Decoder`), because onnxruntime's constant folding costs per
+node and per byte: it runs one node at a time and turns every output into an initializer (copied into a
+TensorProto and kept until the pass ends). A small model is a fixed set of ~260 nodes (after inlining)
+plus a few per group; a large one is cut into batches so that, when the decoder runs as nodes (graph
+optimisations off, as `ort.session(self_decoding=True)` does), only one batch's intermediates live at once:
 
-- all counters of the file go through ONE Philox4x32-10 evaluation: the chosen candidate of every block
-  of every group, and every pair of hashed weights; per-group parameters become per-element rows by one
-  CumSum over each segment's jumps (`_Segments`), never by a loop over groups;
+- the counters of a batch go through ONE Philox4x32-10 evaluation: the chosen candidate of every block
+  of every group (or piece of a group) in it, or every pair of hashed weights; per-group parameters become
+  per-element rows by one CumSum over each segment's jumps (`_Segments`), never by a loop over groups;
 - Philox runs in uint64: a 32-bit word times a 32-bit multiplier is exact (< 2^64), hi = p >> 32,
   lo = p & (2^32 - 1); the state is two [2, N] tensors E = (x0, x2), O = (x3, x1), so a round is six
   nodes (`_f_round`); index unpacking, layout and slot arithmetic stay in int64 below 2^63;
@@ -220,6 +222,17 @@ def _f_round(opset: int):
     return _function("Round", ["E", "O", "K", "M", "S", "F"], ["X", "L"], b, opset)
 
 
+def _f_philox(opset: int):
+    """Philox(E, O, K, M, S, F) -> (E, O): Philox4x32-10, ten Round calls; K = the ten round keys
+    ([k1, k0] + r * [W1, W0] mod 2^32, stacked [20, 1]), the other inputs as for Round."""
+    b = _Builder("t")
+    keys = b.op("Split", "K", axis=0, num_outputs=10, outs=10)
+    e, o = "E", "O"
+    for r in range(10):
+        e, o = b.fn("Round", e, o, keys[r], "M", "S", "F", outs=["X", "L"] if r == 9 else 2)
+    return _function("Philox", ["E", "O", "K", "M", "S", "F"], ["X", "L"], b, opset)
+
+
 def _f_table(opset: int, exceptions: bool):
     """Table(cab f64[8,2], ccd f64[8,2][, epos i64[E], evals f32[E]]) -> T f32[65536] (see module doc)."""
     b = _Builder("t")
@@ -282,7 +295,7 @@ def _guard_table(b: _Builder, half: str) -> str:
 
 def functions(opset: int = OPSET) -> list:
     """The model-local functions (FunctionProto) of domain DOMAIN, importing the default domain at `opset`."""
-    return [_f_round(opset), _f_table(opset, len(table_encoding()[1]) > 0)]
+    return [_f_round(opset), _f_philox(opset), _f_table(opset, len(table_encoding()[1]) > 0)]
 
 
 def _all_names(model) -> set[str]:
@@ -348,10 +361,17 @@ class _Segments:
 
 
 class _Decoder:
-    """Builds the main-graph part that regenerates the coded tensors of the needed groups with a fixed
-    number of vectorised nodes, whatever the number of groups: the table, one Philox evaluation of every
-    counter the file uses (the chosen candidate of each block, the hashing pairs), the values, the weights,
-    and the split of the flat weights into tensors. Every integer is exact in int64/uint64."""
+    """Builds the main-graph part that regenerates the coded tensors of the needed groups: the table, the
+    chosen candidates' samples of every block (slot order), the values (layout, sigma or scales, mu), the
+    hashed weights, and the split into tensors. Work is cut into batches of at most `CALLS` Philox calls
+    (candidates), `PAIRS` hashing pairs and `VALUES` values; a batch is vectorised over all the groups (or
+    pieces of a large group) in it, so a small model is a fixed set of nodes whatever its number of groups,
+    and a large one never holds more than a batch's intermediates at a time when the decoder runs as nodes.
+    Every integer is exact in int64/uint64."""
+
+    CALLS = 1 << 17
+    PAIRS = 1 << 19
+    VALUES = 1 << 20
 
     def __init__(self, c: Container, prefix: str):
         from onnx import numpy_helper
@@ -360,6 +380,7 @@ class _Decoder:
         self.b = _Builder(prefix)
         self.inits: list = []
         self._table = None
+        self._round_consts = None
 
     def init(self, arr: np.ndarray) -> str:
         name = self.b.fresh()
@@ -374,132 +395,181 @@ class _Decoder:
         return self._table
 
     def _philox(self, e: str, o: str) -> tuple[str, str]:
-        """Ten Round calls; the round keys (k + r*W mod 2^32) are computed here from the file's seed."""
+        """Philox4x32-10 of counters E = [c0, c2], O = [c3, c1] (int64 [2, N]) -> ([x0, x2], [x3, x1]) in uint64."""
         b = self.b
-        k0, k1 = seed_key(self.c.seed)
-        keys = np.array([[[(k1 + r * PHILOX_W1) & 0xFFFFFFFF], [(k0 + r * PHILOX_W0) & 0xFFFFFFFF]]
-                         for r in range(10)], dtype=np.uint64).reshape(20, 1)
-        rk = b.op("Split", self.init(keys), axis=0, num_outputs=10, outs=10)
-        m = self.init(np.array([[PHILOX_M0], [PHILOX_M1]], dtype=np.uint64))
-        s = self.init(np.array([32], dtype=np.uint64))
-        f = self.init(np.array([0xFFFFFFFF], dtype=np.uint64))
-        for r in range(10):
-            e, o = b.fn("Round", e, o, rk[r], m, s, f, outs=2)
-        return e, o
+        if self._round_consts is None:  # round keys k + r*W mod 2^32 from the file's seed, shared by all batches
+            k0, k1 = seed_key(self.c.seed)
+            keys = np.array([[[(k1 + r * PHILOX_W1) & 0xFFFFFFFF], [(k0 + r * PHILOX_W0) & 0xFFFFFFFF]]
+                             for r in range(10)], dtype=np.uint64).reshape(20, 1)
+            self._round_consts = (self.init(keys), self.init(np.array([[PHILOX_M0], [PHILOX_M1]], dtype=np.uint64)),
+                                  self.init(np.array([32], dtype=np.uint64)), self.init(np.array([0xFFFFFFFF], dtype=np.uint64)))
+        rk, m, s, f = self._round_consts
+        return b.fn("Philox", b.op("Cast", e, to=13), b.op("Cast", o, to=13), rk, m, s, f, outs=2)
 
-    def flat_weights(self, gids: list[int]) -> list[tuple[str, list]]:
-        """The weights of groups `gids` (ascending) as flat vectors, each with its plan: (size, member tensor or
-        None for a piece to drop), in order. The values vector holds the groups without hashing (and the hashed
-        groups' values, dropped), the hashed-weights vector the groups with hashing (two lanes per pair)."""
+    def _split(self, x: str, sizes: list[int]) -> list[str]:
+        """x (1-D) cut into consecutive pieces of `sizes`."""
+        if len(sizes) == 1:
+            return [x]
+        return self.b.op("Split", x, self.init(np.array(sizes, dtype=np.int64)), axis=0, outs=len(sizes))
+
+    def _concat(self, parts: list[str]) -> str:
+        return parts[0] if len(parts) == 1 else self.b.op("Concat", *parts, axis=0)
+
+    @staticmethod
+    def _batches(pieces: list[tuple], size, budget: int) -> list[list[tuple]]:
+        """Consecutive pieces grouped greedily so that each batch's total size stays within `budget`."""
+        out, cur, total = [], [], 0
+        for p in pieces:
+            if cur and total + size(p) > budget:
+                out.append(cur)
+                cur, total = [], 0
+            cur.append(p)
+            total += size(p)
+        return out + ([cur] if cur else [])
+
+    def _slots(self, gids: list[int]) -> dict[int, str]:
+        """gid -> float32 [n]: T[u] of every slot in slot order (the chosen candidate's samples; padding cut)."""
         b, c = self.b, self.c
-        groups = [c.groups[g] for g in gids]
-        nws = [c.group_weights(g) for g in gids]
-        u64 = 13
-        # --- packed indices of all groups, each from a byte boundary, plus 5 zero bytes to read past the end
-        chunks = [pack_indices(g.indices, g.index_bits) for g in groups]
-        bitbase = (8 * np.cumsum([0] + [len(x) for x in chunks])[:-1]).tolist()
-        payload = self.init(np.frombuffer(b"".join(chunks) + bytes(5), dtype=np.uint8))
-        chs = [-(-g.block_size // 8) for g in groups]
-        ncalls = [g.num_blocks * ch for g, ch in zip(groups, chs)]
-        cstart = np.cumsum([0] + ncalls)[:-1].tolist()
-        # --- one Philox counter per candidate call: (j >> 3, chosen index, block, candidate domain word)
-        calls = _Segments(self, ncalls, {"ch": chs, "bit": bitbase, "w": [g.index_bits for g in groups],
-                                         "word": [domain_word(DOMAIN_CANDIDATE, g) for g in gids]})
-        col = calls.cols
-        local = calls.local
-        blk = b.op("Div", local, col["ch"])
-        k = b.op("Sub", local, b.op("Mul", blk, col["ch"]))
-        bit = b.op("Add", col["bit"], b.op("Mul", blk, col["w"]))                          # [1, NC]
-        byte = b.op("Add", b.op("Div", b.op("Transpose", bit, perm=[1, 0]), b.const(8)), b.const([0, 1, 2, 3, 4]))
-        five = b.op("Gather", b.op("Cast", payload, to=7), byte)                            # [NC, 5]
-        v40 = b.op("ReduceSum", b.op("Mul", five, b.const([1, 1 << 8, 1 << 16, 1 << 24, 1 << 32])), b.const([1]),
-                   keepdims=0)
-        v40 = b.op("Div", b.unsq(v40, 0), b.op("Pow", b.const(2), b.op("Mod", bit, b.const(8))))
-        idx = b.op("Mod", v40, b.op("Pow", b.const(2), col["w"]))                          # chosen candidates
-        e_parts = [b.op("Concat", k, blk, axis=0)]
-        o_parts = [b.op("Concat", b.op("Add", b.op("Mul", local, b.const(0)), col["word"]), idx, axis=0)]
-        nvs = [g.num_values for g in groups]
-        vstart = np.cumsum([0] + nvs)[:-1].tolist()
-        # --- one Philox counter per pair of hashed weights: (t >> 1, 0, 0, hashing domain word)
-        hashed = [i for i, g in enumerate(groups) if g.hashing and nws[i] > 0]
-        npairs = [(nws[i] + 1) // 2 if i in hashed else 0 for i in range(len(gids))]
-        if hashed:
-            pairs = _Segments(self, npairs, {"word": [domain_word(DOMAIN_HASH, g) for g in gids],
-                                             "n": nvs, "vstart": vstart})
-            pl = pairs.local
+        pieces = []  # (gid, first block, blocks)
+        for gid in gids:
+            g = c.groups[gid]
+            per = max(1, self.CALLS // -(-g.block_size // 8))
+            pieces += [(gid, b0, min(per, g.num_blocks - b0)) for b0 in range(0, g.num_blocks, per)]
+        out: dict[int, list[str]] = {gid: [] for gid in gids}
+        payload = {}
+        chunks = {gid: pack_indices(c.groups[gid].indices, c.groups[gid].index_bits) for gid in gids}
+        for batch in self._batches(pieces, lambda p: p[2] * -(-c.groups[p[0]].block_size // 8), self.CALLS):
+            groups = [c.groups[gid] for gid, _, _ in batch]
+            # --- the batch's packed indices: each piece's from its first byte, plus 5 zero bytes to read past the end
+            data, bitbase = [], []
+            for (gid, b0, nb), g in zip(batch, groups):
+                first = b0 * g.index_bits // 8
+                last = -(-(b0 + nb) * g.index_bits // 8)
+                bitbase.append(8 * sum(len(x) for x in data) + b0 * g.index_bits - 8 * first)
+                data.append(chunks[gid][first:last])
+            key = b"".join(data) + bytes(5)
+            if key not in payload:
+                payload[key] = self.init(np.frombuffer(key, dtype=np.uint8))
+            chs = [-(-g.block_size // 8) for g in groups]
+            ncalls = [nb * ch for (_, _, nb), ch in zip(batch, chs)]
+            # --- one Philox counter per call: (j >> 3, chosen index, block, candidate domain word)
+            calls = _Segments(self, ncalls, {"ch": chs, "bit": bitbase, "w": [g.index_bits for g in groups],
+                                             "b0": [b0 for _, b0, _ in batch],
+                                             "word": [domain_word(DOMAIN_CANDIDATE, gid) for gid, _, _ in batch]})
+            col, local = calls.cols, calls.local
+            blk = b.op("Div", local, col["ch"])
+            k = b.op("Sub", local, b.op("Mul", blk, col["ch"]))
+            bit = b.op("Add", col["bit"], b.op("Mul", blk, col["w"]))                          # [1, NC]
+            byte = b.op("Add", b.op("Div", b.op("Transpose", bit, perm=[1, 0]), b.const(8)), b.const([0, 1, 2, 3, 4]))
+            five = b.op("Gather", b.op("Cast", payload[key], to=7), byte)                       # [NC, 5]
+            v40 = b.op("ReduceSum", b.op("Mul", five, b.const([1, 1 << 8, 1 << 16, 1 << 24, 1 << 32])), b.const([1]),
+                       keepdims=0)
+            v40 = b.op("Div", b.unsq(v40, 0), b.op("Pow", b.const(2), b.op("Mod", bit, b.const(8))))
+            idx = b.op("Mod", v40, b.op("Pow", b.const(2), col["w"]))                          # chosen candidates
+            e = b.op("Concat", k, b.op("Add", blk, col["b0"]), axis=0)
+            o = b.op("Concat", b.op("Add", b.op("Mul", local, b.const(0)), col["word"]), idx, axis=0)
+            e, o = self._philox(e, o)
+            # --- the 8 samples of each call: words x0..x3 by call, low half then high half: u [NC * 8] in
+            # (block, call, lane) order, so a piece's slots are its rows [blocks, 8 * ch] cut to the block size
+            words = b.op("Transpose", b.op("Gather", b.op("Concat", e, o, axis=0), b.const([0, 3, 1, 2]), axis=0),
+                         perm=[1, 0])                                                          # [NC, 4]
+            u = b.op("BitwiseAnd", b.op("BitShift", b.unsq(words, 2), b.const(np.array([0, 16], dtype=np.uint64),
+                                                                               np.uint64), direction="RIGHT"),
+                     b.const(np.uint64(0xFFFF), np.uint64))                                    # [NC, 4, 2]
+            t = b.op("Gather", self.table(), b.op("Reshape", b.op("Cast", u, to=7), b.const([-1])))
+            sizes = [8 * x for x in ncalls]
+            for (gid, b0, nb), g, ch, part in zip(batch, groups, chs, self._split(t, sizes)):
+                if g.block_size != 8 * ch:
+                    part = b.op("Slice", b.op("Reshape", part, b.const([nb, 8 * ch])), b.const([0]),
+                                b.const([g.block_size]), b.const([1]))
+                    part = b.op("Reshape", part, b.const([-1]))
+                count = min((b0 + nb) * g.block_size, g.num_values) - b0 * g.block_size
+                if count != nb * g.block_size:  # the last block's padding
+                    part = b.op("Slice", part, b.const([0]), b.const([count]))
+                out[gid].append(part)
+        return {gid: self._concat(parts) for gid, parts in out.items()}
+
+    def _values(self, gid: int, slot: str) -> str:
+        """float32 [n]: v[i] = T[u(slot (a*i + c) mod n)] * m(i) + mu, m = sigma, or sigma * scale_k by rows of n/K."""
+        b, g = self.b, self.c.groups[gid]
+        n = g.num_values
+        mu, sigma = check_coding_parameters(g.mu_bits, g.sigma_bits)
+        mu_c = b.const(np.float32(mu), np.float32)
+        if g.scales is None and g.layout.kind != "affine":
+            return b.op("Add", b.op("Mul", slot, b.const(np.float32(sigma), np.float32)), mu_c)
+        sv = None if g.scales is None else self.init(np.asarray(value_scales(g), dtype=np.float32))
+        parts = []
+        for i0 in range(0, n, self.VALUES):
+            i1 = min(n, i0 + self.VALUES)
+            i = b.op("Range", b.const(i0), b.const(i1), b.const(1))
+            if g.layout.kind == "affine":
+                p = b.op("Mod", b.op("Add", b.op("Mul", i, b.const(g.layout.a)), b.const(g.layout.c)), b.const(n))
+                t = b.op("Gather", slot, p)
+            else:
+                t = b.op("Slice", slot, b.const([i0]), b.const([i1]))
+            m = (b.const(np.float32(sigma), np.float32) if sv is None
+                 else b.op("Gather", sv, b.op("Div", i, b.const(n // len(g.scales)))))
+            parts.append(b.op("Add", b.op("Mul", t, m), mu_c))
+        return self._concat(parts)
+
+    def _hashed(self, gids: list[int], values: dict[int, str]) -> dict[int, str]:
+        """gid -> float32 [nw] for hashed groups: two weights per Philox pair,
+        w[2q + l] = v[(x_2l * n) >> 32] * (-1)^(x_2l+1 & 1), with counter (q, 0, 0, hashing domain word)."""
+        b, c = self.b, self.c
+        pieces = []  # (gid, first pair, pairs)
+        for gid in gids:
+            npairs = (c.group_weights(gid) + 1) // 2
+            pieces += [(gid, q0, min(self.PAIRS, npairs - q0)) for q0 in range(0, npairs, self.PAIRS)]
+        out: dict[int, list[str]] = {gid: [] for gid in gids}
+        for batch in self._batches(pieces, lambda p: p[2], self.PAIRS):
+            order = list(dict.fromkeys(gid for gid, _, _ in batch))
+            nvs = {gid: c.groups[gid].num_values for gid in order}
+            voff = dict(zip(order, np.cumsum([0] + [nvs[x] for x in order])[:-1].tolist()))
+            source = self._concat([values[gid] for gid in order])
+            counts = [np_ for _, _, np_ in batch]
+            pairs = _Segments(self, counts, {"q0": [q0 for _, q0, _ in batch], "n": [nvs[gid] for gid, _, _ in batch],
+                                             "voff": [voff[gid] for gid, _, _ in batch],
+                                             "word": [domain_word(DOMAIN_HASH, gid) for gid, _, _ in batch]})
+            col, local = pairs.cols, pairs.local
             pad = b.const([0, 0, 1, 0])
-            e_parts.append(b.op("Pad", pl, pad))
-            o_parts.append(b.op("Pad", b.op("Add", b.op("Mul", pl, b.const(0)), pairs.cols["word"]), pad))
-        e = b.op("Cast", e_parts[0] if len(e_parts) == 1 else b.op("Concat", *e_parts, axis=1), to=u64)
-        o = b.op("Cast", o_parts[0] if len(o_parts) == 1 else b.op("Concat", *o_parts, axis=1), to=u64)
-        e, o = self._philox(e, o)
-        nc = sum(ncalls)
-        # --- values: v[i] = mu + m(i) * T[u(slot (a*i + c) mod n)], m = sigma, or sigma * scale_k by rows of n/K
-        words = b.op("Concat", e, o, axis=0)                                                # [x0, x2, x3, x1]
-        if hashed:
-            words = b.op("Slice", words, b.const([0]), b.const([nc]), b.const([1]))
-        words = b.op("Reshape", b.op("Gather", words, b.const([0, 3, 1, 2]), axis=0), b.const([-1]))  # x0|x1|x2|x3
-        mults, mbase, mdiv, mus = [], [], [], []
-        for g in groups:
-            mu, sigma = check_coding_parameters(g.mu_bits, g.sigma_bits)
-            sv = [sigma] if g.scales is None else list(value_scales(g))
-            mbase.append(len(mults))
-            mults.extend(sv)
-            mdiv.append(g.num_values // len(sv))
-            mus.append(float(mu))
-        lay = [(g.layout.a, g.layout.c) if g.layout.kind == "affine" else (1, 0) for g in groups]
-        vals = _Segments(self, nvs, {"a": [a for a, _ in lay], "c": [cc for _, cc in lay], "n": nvs,
-                                     "B": [g.block_size for g in groups], "ch": chs, "cstart": cstart,
-                                     "mbase": mbase, "mdiv": mdiv}, {"mu": mus})
-        col = vals.cols
-        i = vals.local
-        p = i if all(x == (1, 0) for x in lay) else b.op("Mod", b.op("Add", b.op("Mul", i, col["a"]), col["c"]), col["n"])
-        blk = b.op("Div", p, col["B"])
-        j = b.op("Sub", p, b.op("Mul", blk, col["B"]))
-        call = b.op("Add", b.op("Add", col["cstart"], b.op("Mul", blk, col["ch"])), b.op("Div", j, b.const(8)))
-        lane = b.op("Mod", j, b.const(8))
-        at = b.op("Add", b.op("Mul", b.op("Div", lane, b.const(2)), b.const(nc)), call)
-        half = b.op("Cast", b.op("Mul", b.op("Mod", lane, b.const(2)), b.const(16)), to=u64)
-        u = b.op("BitwiseAnd", b.op("BitShift", b.op("Gather", words, at), half, direction="RIGHT"),
-                 b.const(np.uint64(0xFFFF), np.uint64))
-        tv = b.op("Gather", self.table(), b.op("Cast", u, to=7))
-        m = b.op("Gather", self.init(np.array(mults, dtype=np.float32)),
-                 b.op("Add", col["mbase"], b.op("Div", i, col["mdiv"])))
-        v = b.op("Reshape", b.op("Add", b.op("Mul", tv, m), col["mu"]), b.const([-1]))      # [NV]
-        plan_v = [(nvs[k], None) if k in hashed else (m.numel, m) for k, gid in enumerate(gids)
-                  for m in ([None] if k in hashed else c.group_members(gid))]
-        if not hashed:
-            return [(v, plan_v)]
-        # --- hashed weights, two per Philox pair: w[2q + l] = v[(x_2l * n) >> 32] * (-1)^(x_2l+1)
-        pw = b.op("Slice", e, b.const([nc]), b.const([nc + sum(npairs)]), b.const([1]))    # [x0, x2]: lanes 0, 1
-        po = b.op("Slice", o, b.const([nc]), b.const([nc + sum(npairs)]), b.const([1]))    # [x3, x1]: lanes 1, 0
-        index = b.op("Cast", b.op("BitShift", b.op("Mul", pw, b.op("Cast", pairs.cols["n"], to=u64)),
-                                  b.const(np.array([32], dtype=np.uint64), np.uint64), direction="RIGHT"), to=7)
-        odd = b.op("Cast", b.op("BitwiseAnd", b.op("Gather", po, b.const([1, 0]), axis=0),
-                                b.const(np.uint64(1), np.uint64)), to=1)
-        sign = b.op("Sub", b.const(1.0, np.float32), b.op("Mul", b.const(2.0, np.float32), odd))
-        w = b.op("Mul", b.op("Gather", v, b.op("Add", index, pairs.cols["vstart"])), sign)  # [2, NP]
-        hw = b.op("Reshape", b.op("Transpose", w, perm=[1, 0]), b.const([-1]))
-        plan_h = []
-        for k in hashed:
-            plan_h.extend((m.numel, m) for m in c.group_members(gids[k]))
-            plan_h.append((2 * npairs[k] - nws[k], None))  # the odd group's unused last lane
-        return [(v, plan_v), (hw, plan_h)]
+            e = b.op("Pad", b.op("Add", local, col["q0"]), pad)                                 # [q, 0]
+            o = b.op("Pad", b.op("Add", b.op("Mul", local, b.const(0)), col["word"]), pad)      # [word, 0]
+            e, o = self._philox(e, o)                                                          # [x0, x2], [x3, x1]
+            index = b.op("Cast", b.op("BitShift", b.op("Mul", e, b.op("Cast", col["n"], to=13)),
+                                      b.const(np.array([32], dtype=np.uint64), np.uint64), direction="RIGHT"), to=7)
+            odd = b.op("Cast", b.op("BitwiseAnd", b.op("Gather", o, b.const([1, 0]), axis=0),
+                                    b.const(np.uint64(1), np.uint64)), to=1)
+            sign = b.op("Sub", b.const(1.0, np.float32), b.op("Mul", b.const(2.0, np.float32), odd))
+            w = b.op("Mul", b.op("Gather", source, b.op("Add", index, col["voff"])), sign)   # [2, P]
+            flat = b.op("Reshape", b.op("Transpose", w, perm=[1, 0]), b.const([-1]))
+            for (gid, _, _), part in zip(batch, self._split(flat, [2 * x for x in counts])):
+                out[gid].append(part)
+        result = {}
+        for gid, parts in out.items():
+            w = self._concat(parts)
+            nw = c.group_weights(gid)
+            result[gid] = w if nw % 2 == 0 else b.op("Slice", w, b.const([0]), b.const([nw]))
+        return result
 
     def tensors(self, wanted: set[str], rename: dict[str, str] | None = None) -> None:
         """Emit every wanted coded tensor under its own name (or under `rename[name]`)."""
         rename = rename or {}
         b, c = self.b, self.c
-        gids = [g for g in range(len(c.groups)) if any(m.name in wanted for m in c.group_members(g))]
-        if not gids:
-            return
-        for flat, plan in self.flat_weights(gids):
-            parts = [flat]
-            if len(plan) > 1:
-                parts = b.op("Split", flat, self.init(np.array([n for n, _ in plan], dtype=np.int64)), axis=0,
-                             outs=len(plan))
-            for (_, m), part in zip(plan, parts):
-                if m is not None and m.name in wanted:
+        gids = [g for g in range(len(c.groups)) if any(m.name in wanted for m in c.group_members(g))
+                and c.group_weights(g) > 0]
+        slots = self._slots(gids)
+        values = {gid: self._values(gid, slots[gid]) for gid in gids}
+        hashed = self._hashed([gid for gid in gids if c.groups[gid].hashing], values)
+        for gid in range(len(c.groups)):
+            members = c.group_members(gid)
+            if not any(m.name in wanted for m in members):
+                continue
+            if gid not in values:  # no weights at all: empty tensors
+                parts = [self.init(np.zeros(0, dtype=np.float32)) for _ in members]
+            else:
+                parts = self._split(hashed.get(gid, values[gid]), [m.numel for m in members])
+            for m, part in zip(members, parts):
+                if m.name in wanted:
                     b.op("Reshape", part, self.init(np.array(m.shape, dtype=np.int64)),
                          outs=[rename.get(m.name, m.name)], allowzero=1)
 
