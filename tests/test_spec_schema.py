@@ -140,3 +140,15 @@ def test_numeric_ranges_in_tables_match_schema():
             assert (p["minimum"], p["maximum"]) == (lo, hi), r[0]
             checked += 1
     assert checked >= 7
+
+
+def test_format_version_agrees():
+    """constants.json's format version is what the reader implements, SPEC.md's title and the manifest's."""
+    from mrcformat.container import VERSION, WRITE_VERSION
+
+    fmt = json.loads((ROOT / "spec" / "constants.json").read_text(encoding="utf-8"))["format"]
+    assert (fmt["major"], fmt["minor"]) == VERSION
+    assert fmt["write_minor_without_1_1_features"] == WRITE_VERSION[1]
+    assert SPEC_TEXT.splitlines()[0] == f"# The `.mrc` format, version {VERSION[0]}.{VERSION[1]}"
+    manifest = json.loads((ROOT / "spec" / "vectors" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["format_version"] == f"{VERSION[0]}.{VERSION[1]}"
