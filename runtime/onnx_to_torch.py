@@ -81,16 +81,21 @@ def _with_frees(steps: list, outputs: list[str]) -> list:
     return [(fn, ins, outs, scoped, frees[i]) for i, (fn, ins, outs, scoped, _) in enumerate(steps)]
 
 
-class _Graph:
-    """A compiled (sub)graph: its constants (name -> key in the module's store), its steps, its input
-    and output names. `run(scope, inputs)` evaluates it in a scope that sees the enclosing values."""
+_STORE = "\x00store"  # env key of the module holding the weights (not a legal ONNX value name in practice)
 
-    def __init__(self, store: nn.Module, consts, inputs, outputs, steps):
-        self.store, self.consts, self.inputs, self.outputs, self.steps = store, consts, inputs, outputs, steps
+
+class _Graph:
+    """A compiled (sub)graph: its constants (name -> attribute of the weight store), its steps, its input
+    and output names. `run(scope, inputs)` evaluates it in a scope that sees the enclosing values; the
+    weight store is looked up in the scope at run time, so copies of the module (deepcopy,
+    functional_call) use their own weights in subgraphs too."""
+
+    def __init__(self, consts, inputs, outputs, steps):
+        self.consts, self.inputs, self.outputs, self.steps = consts, inputs, outputs, steps
 
     def run(self, scope, inputs) -> list:
-        env = ChainMap({}, scope) if scope is not None else {"": None}
-        store = self.store
+        env = ChainMap({}, scope)
+        store = scope[_STORE]
         for name, key in self.consts:
             env[name] = getattr(store, key)
         for name, value in zip(self.inputs, inputs):
@@ -257,7 +262,7 @@ class OnnxModule(nn.Module):
         undefined = [n for n in outputs if n not in known]
         if undefined:
             raise GraphError(f"graph outputs {undefined} are never defined", f"graph{path}.output")
-        return _Graph(self._weights, consts, [i.name for i in g.input], outputs, _with_frees(steps, outputs))
+        return _Graph(consts, [i.name for i in g.input], outputs, _with_frees(steps, outputs))
 
     # ------------------------------------------------------------------ use
     def tensor(self, name: str) -> torch.Tensor:
@@ -287,7 +292,7 @@ class OnnxModule(nn.Module):
             inputs = tuple(given[n] for n in self.input_names)
         if len(inputs) != len(self.input_names):
             raise TypeError(f"expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
-        outs = self._graph.run(None, inputs)
+        outs = self._graph.run({"": None, _STORE: self._weights}, inputs)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 

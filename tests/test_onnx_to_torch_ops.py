@@ -818,3 +818,21 @@ def test_intermediate_values_are_freed():
     mod = OnnxModule(_model(nodes, {"x": f32(3)}, {}, ["y"], 18))
     frees = [step[4] for step in mod._graph.steps]
     assert frees == [[], ["a"], ["b"]]
+
+
+def test_copies_and_functional_call_use_their_own_weights_in_subgraphs():
+    import copy
+
+    w_then = numpy_helper.from_array(np.full((2, 2), 2.0, np.float32), "w_then")
+    then_g = helper.make_graph([helper.make_node("MatMul", ["x", "w_then"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)], initializer=[w_then])
+    else_g = _branch("else", [helper.make_node("Identity", ["x"], ["e"])], "e")
+    nodes = [helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)]
+    mod = OnnxModule(_model(nodes, {"x": f32(1, 2), "c": np.array(True)}, {}, ["y"], 18))
+    x, c = torch.ones(1, 2), torch.tensor(True)
+    twin = copy.deepcopy(mod)
+    with torch.no_grad():
+        twin.tensor("w_then").mul_(10)
+    assert mod(x, c).tolist() == [[4.0, 4.0]] and twin(x, c).tolist() == [[40.0, 40.0]]
+    swapped = torch.func.functional_call(mod, {"_weights.w_then": torch.eye(2)}, (x, c))
+    assert swapped.tolist() == [[1.0, 1.0]]
