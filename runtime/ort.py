@@ -230,7 +230,7 @@ def session(src: str | os.PathLike | Container, *, self_decoding: bool = False, 
     own_options = sess_options is None
     if own_options:
         sess_options = ort.SessionOptions()
-        sess_options.log_severity_level = 3  # errors only: a refused graph is reported by the exception
+        sess_options.log_severity_level = 4  # fatal only: a refused graph is reported by the exception, not a log line
     if names:
         sess_options.add_external_initializers(names, values)
     data = serialize(model)
