@@ -2,11 +2,12 @@
 //
 //   node run_models.mjs <node|web> <jobs.json>
 //
-// jobs.json: {"jobs": [{"model": "a.onnx", "out": "dir", "opens": 1, "runs": 1}, ...]}. For each job the
-// model is opened `opens` times (default session options; session creation timed each time) and the last
-// session run `runs` times without inputs (first run timed separately); every output's raw bytes go to
-// <out>/<index>.bin, and <out>/outputs.json lists name, type, dims and file per output plus the timings.
-// opens or runs may be 0 (timing only). Prints one JSON line per job.
+// jobs.json: {"jobs": [{"model": "a.onnx", "out": "dir", "opens": 1, "runs": 1, "options": {}}, ...]}. For each
+// job the model is opened `opens` times (session creation timed each time; `options` are extra session
+// options, none by default) and the last session run `runs` times without inputs (each run timed); every
+// output's raw bytes go to <out>/<index>.bin, and <out>/outputs.json lists name, type, dims and file per
+// output plus the timings. opens or runs may be 0 (timing only; out may be omitted). Prints one JSON line
+// per job, with the resident set before the first session (rss_before_mb) and the process's peak so far.
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
@@ -29,14 +30,15 @@ for (const job of jobs) {
   const bytes = new Uint8Array(fs.readFileSync(job.model));
   const opens = job.opens ?? 1, runs = job.runs ?? 1;
   const open_s = [], run_s = [];
+  const rss_before_mb = process.memoryUsage().rss / 2 ** 20;
   let session = null;
   for (let i = 0; i < opens; i++) {
     if (session) await session.release();
     const t0 = process.hrtime.bigint();
-    session = await ort.InferenceSession.create(bytes, { executionProviders: ['cpu'] });
+    session = await ort.InferenceSession.create(bytes, { executionProviders: ['cpu'], ...(job.options ?? {}) });
     open_s.push(Number(process.hrtime.bigint() - t0) / 1e9);
   }
-  const result = { model: job.model, runtime, open_s, run_s, rss_peak_mb: null, outputs: [] };
+  const result = { model: job.model, runtime, open_s, run_s, rss_before_mb, rss_peak_mb: null, outputs: [] };
   let outs = null;
   for (let i = 0; i < runs && session; i++) {
     const t0 = process.hrtime.bigint();
@@ -55,6 +57,6 @@ for (const job of jobs) {
     fs.writeFileSync(path.join(job.out, 'outputs.json'), JSON.stringify(result));
   }
   if (session) await session.release();
-  result.rss_peak_mb = process.resourceUsage().maxRSS / 1024;
+  result.rss_peak_mb = process.resourceUsage().maxRSS / 1024;  // KiB -> MiB
   console.log(JSON.stringify({ ...result, outputs: result.outputs.length }));
 }
