@@ -11,10 +11,12 @@ Building checks the whole graph first: every unsupported operator or operator fo
 listed in one `UnsupportedOnnxError` (a NotImplementedError); a missing required attribute or an
 undefined input name is a `GraphError` naming the node.
 
-Weights: the given tensors and every floating-point initializer become parameters (requires_grad=False;
-call `requires_grad_()` to train them), except initializers used only as operator settings (Resize
-scales, Clip bounds, ...), which stay buffers like integer tensors and Constant nodes. Parameter names
-are the ONNX names with '.' replaced by '_' (`onnx_parameters()` maps the ONNX names themselves).
+Weights: the given tensors and every floating-point initializer or Constant-node value (exporters put
+weights in either; silero-vad's are Constant nodes inside If branches) become parameters
+(requires_grad=False; call `requires_grad_()` to train them), except values used only as operator
+settings (Resize scales, Clip bounds, ...), which stay buffers like integer tensors. Parameter names are
+the ONNX names with '.' replaced by '_' (`onnx_parameters()` maps the ONNX names themselves). Constant
+shape arithmetic (nodes whose inputs are all constant buffers) is evaluated once when the module is built.
 """
 from __future__ import annotations
 
@@ -62,6 +64,36 @@ def _reads(node) -> set[str]:
     return names
 
 
+def _sorted_nodes(nodes: list, path: str) -> list:
+    """The nodes in a topological order: as given when they already are (ONNX requires it; some
+    writers do not comply, and onnxruntime sorts), else a stable topological sort."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    deps = [{producer[r] for r in _reads(n) if r in producer and producer[r] != i} for i, n in enumerate(nodes)]
+    if all(d < i for i, ds in enumerate(deps) for d in ds):
+        return nodes
+    import heapq
+
+    users: dict[int, list[int]] = {}
+    for i, ds in enumerate(deps):
+        for d in ds:
+            users.setdefault(d, []).append(i)
+    waiting = [len(ds) for ds in deps]
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users.get(i, []):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        stuck = [nodes[i].name or nodes[i].op_type for i in range(len(nodes)) if waiting[i]]
+        raise GraphError(f"the graph has a cycle through nodes {stuck[:5]}", f"graph{path}.node")
+    return [nodes[i] for i in order]
+
+
 def _with_frees(steps: list, outputs: list[str]) -> list:
     """Steps with, for each, the values it produces or reads for the last time (graph outputs kept)."""
     last: dict[str, int] = {}
@@ -81,6 +113,7 @@ def _with_frees(steps: list, outputs: list[str]) -> list:
     return [(fn, ins, outs, scoped, frees[i]) for i, (fn, ins, outs, scoped, _) in enumerate(steps)]
 
 
+_FOLD_MAX_ELEMENTS = 1 << 16  # constant results larger than this stay steps (no big tensors baked in)
 _STORE = "\x00store"  # env key of the module holding the weights (not a legal ONNX value name in practice)
 
 
@@ -191,17 +224,48 @@ class OnnxModule(nn.Module):
         self._names.setdefault(name, key)
         return key
 
-    def _const(self, name: str, t: torch.Tensor | None, from_initializer: bool) -> str:
+    def _const(self, name: str, t: torch.Tensor | None) -> str:
+        """An initializer's or Constant node's value in the store: floating-point ones are parameters
+        (exporters put weights in either) unless used only as settings."""
         if name in self._tensors:  # a given (file) tensor fills a stub or replaces the value
             return self._tensors[name]
-        return self._store(name, t, parameter=from_initializer and t.is_floating_point()
-                           and name not in self._settings)
+        return self._store(name, t, parameter=t.is_floating_point() and name not in self._settings)
 
     def _problem(self, path: str, node, why: str) -> None:
         op = f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
         self._problems.append((path, node.name or (node.output[0] if node.output else ""), op, why))
 
-    def _compile(self, g, path: str, outer: set[str], given: list[tuple[str, str]] = ()) -> _Graph:
+    def _buffer_value(self, name: str, key: str, foldable: ChainMap) -> None:
+        """Record a constant that is a buffer (not a parameter, not a given tensor) as foldable."""
+        if name not in self._tensors and key in self._weights._buffers:
+            foldable[name] = self._weights._buffers[key]
+
+    def _fold(self, fn, node, foldable: ChainMap, consts: list) -> bool:
+        """Evaluate a node whose inputs are all constant buffers now (shape arithmetic on constants,
+        as onnxruntime folds it): its outputs become buffers and it is no step. False if not foldable."""
+        if not all(n in foldable for n in node.input if n):
+            return False
+        args = [foldable[n] if n else None for n in node.input]
+        while args and args[-1] is None:
+            args.pop()
+        try:
+            with torch.no_grad():
+                res = fn(*args)
+        except (RuntimeError, ValueError, IndexError, TypeError, GraphError):
+            return False  # left to run time, where the same error names its cause
+        res = res if isinstance(res, tuple) else (res,)
+        if not all(isinstance(r, torch.Tensor) and r.numel() <= _FOLD_MAX_ELEMENTS for r in res):
+            return False
+        for n, r in zip(node.output, res):
+            if n:
+                key = self._store(n, r.clone() if r._base is not None else r, parameter=False)
+                consts.append((n, key))
+                foldable[n] = self._weights._buffers[key]
+        return True
+
+    def _compile(self, g, path: str, outer: set[str], given: list[tuple[str, str]] = (),
+                 outer_foldable: ChainMap | None = None) -> _Graph:
+        foldable = (outer_foldable or ChainMap()).new_child()
         consts: list[tuple[str, str]] = list(given)
         known = set(outer) | {i.name for i in g.input} | {""} | {name for name, _ in given}
         for t in g.initializer:
@@ -210,12 +274,13 @@ class OnnxModule(nn.Module):
             except Unsupported as e:
                 self._problems.append((path, t.name, "initializer", str(e)))
                 continue
-            consts.append((t.name, self._const(t.name, value, from_initializer=True)))
+            consts.append((t.name, self._const(t.name, value)))
+            self._buffer_value(t.name, consts[-1][1], foldable)
             known.add(t.name)
         for t in g.sparse_initializer:
             self._problems.append((path, t.values.name, "sparse_initializer", "sparse initializers"))
         steps = []
-        for node in g.node:
+        for node in _sorted_nodes(list(g.node), path):
             where = f"{path}" if path else ""
             missing = [n for n in node.input if n not in known]
             if missing:
@@ -229,7 +294,8 @@ class OnnxModule(nn.Module):
             if node.op_type == "Constant":
                 try:
                     value = _constant_value(a) if node.output[0] not in self._tensors else None
-                    consts.append((node.output[0], self._const(node.output[0], value, from_initializer=False)))
+                    consts.append((node.output[0], self._const(node.output[0], value)))
+                    self._buffer_value(node.output[0], consts[-1][1], foldable)
                 except Unsupported as e:
                     self._problem(path, node, str(e))
                 known.update(node.output)
@@ -246,7 +312,7 @@ class OnnxModule(nn.Module):
             for attr in node.attribute:
                 if attr.type == 5:
                     sub = f"{path}/{node.op_type}[{node.name!r}].{attr.name}"
-                    a[attr.name] = self._compile(attr.g, sub, known)
+                    a[attr.name] = self._compile(attr.g, sub, known, outer_foldable=foldable)
                 elif attr.type == 10:
                     self._problem(path, node, f"graph-list attribute {attr.name!r}")
             try:
@@ -255,9 +321,11 @@ class OnnxModule(nn.Module):
                 self._problem(path, node, str(e))
                 known.update(node.output)
                 continue
-            steps.append((fn, list(node.input), list(node.output), bool(getattr(fn, "scoped", False)),
-                          _reads(node)))
+            scoped = bool(getattr(fn, "scoped", False))
             known.update(node.output)
+            if not scoped and self._fold(fn, node, foldable, consts):
+                continue
+            steps.append((fn, list(node.input), list(node.output), scoped, _reads(node)))
         outputs = [o.name for o in g.output]
         undefined = [n for n in outputs if n not in known]
         if undefined:

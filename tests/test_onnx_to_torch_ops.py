@@ -663,6 +663,16 @@ def test_silero_vad_streaming_matches_onnxruntime():
             p_t, state_t = mod(torch.from_numpy(x), state_t, torch.from_numpy(sr))
         np.testing.assert_allclose(p_t.numpy(), p_o, atol=2e-5)
     np.testing.assert_allclose(state_t.numpy(), state_o, atol=1e-3)
+    # fine-tunable: its weights (Constant nodes inside the If branches) are parameters that get gradients
+    params = dict(mod.onnx_parameters())
+    assert sum(p.numel() for p in params.values()) > 500_000
+    for p in params.values():
+        p.requires_grad_(True)
+    x = torch.from_numpy(np.concatenate([np.zeros(64, np.float32), audio[:512]])[None])
+    p_t, _ = mod(x, torch.zeros(2, 1, 128), torch.from_numpy(sr))
+    p_t.sum().backward()
+    used = [n for n, p in params.items() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert used and all("then_branch" in n for n in used)   # the 16 kHz branch ran, the 8 kHz one did not
 
 
 # ----------------------------------------------------------------------------- sampling, quantisation, sequences
@@ -836,3 +846,38 @@ def test_copies_and_functional_call_use_their_own_weights_in_subgraphs():
     assert mod(x, c).tolist() == [[4.0, 4.0]] and twin(x, c).tolist() == [[40.0, 40.0]]
     swapped = torch.func.functional_call(mod, {"_weights.w_then": torch.eye(2)}, (x, c))
     assert swapped.tolist() == [[1.0, 1.0]]
+
+
+def test_unsorted_nodes_are_sorted_and_cycles_refused():
+    nodes = [helper.make_node("Add", ["b", "x"], ["y"]), helper.make_node("Neg", ["a"], ["b"]),
+             helper.make_node("Relu", ["x"], ["a"])]
+    m = _model(nodes, {"x": f32(4)}, {}, ["y"], 18)
+    x = f32(4)
+    np.testing.assert_array_equal(OnnxModule(m)(torch.from_numpy(x)).numpy(), -np.maximum(x, 0) + x)
+    cyc = _model([helper.make_node("Neg", ["b"], ["a"], name="n1"), helper.make_node("Neg", ["a"], ["b"], name="n2"),
+                  helper.make_node("Add", ["a", "x"], ["y"])], {"x": f32(4)}, {}, ["y"], 18)
+    with pytest.raises(GraphError, match="cycle"):
+        OnnxModule(cyc)
+
+
+@pytest.mark.parametrize("op, attrs, opset, missing", [
+    ("Unsqueeze", {}, 11, "axes"), ("Slice", {"starts": [0]}, 9, "ends"), ("Pad", {}, 10, "pads"),
+    ("TopK", {}, 9, "k"),
+])
+def test_missing_attribute_of_older_opsets_named_when_built(op, attrs, opset, missing):
+    m = _model([helper.make_node(op, ["x"], ["y"] if op != "TopK" else ["y", "i"], name="old", **attrs)],
+               {"x": f32(3, 4)}, {}, ["y"], opset)
+    with pytest.raises(GraphError, match=f"'old' lacks its required attribute '{missing}'"):
+        OnnxModule(m)
+
+
+def test_constant_shape_arithmetic_folded_when_built():
+    c = helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(i64(3)))
+    nodes = [c, helper.make_node("Unsqueeze", ["k", "zero"], ["k1"]),
+             helper.make_node("Concat", ["minus1", "k1"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    inits = {"zero": i64(0), "minus1": i64(-1)}
+    check(nodes, {"x": f32(4, 6)}, inits, outputs=["y"], exact=True)
+    mod = OnnxModule(_model(nodes, {"x": f32(4, 6)}, inits, ["y"], 18))
+    assert len(mod._graph.steps) == 1                      # only the Reshape of the input runs
+    assert dict(mod.onnx_parameters()) == {}               # integer constants are buffers

@@ -74,6 +74,11 @@ class Attrs(dict):
         raise GraphError(f"{self.op_type} node {self.name!r} lacks its required attribute {key!r}",
                          f"graph{self.where}.node[{self.name!r}].{key}")
 
+    def require(self, *keys: str) -> None:
+        """GraphError now (when the module is built) if any of `keys` is missing."""
+        for k in keys:
+            self[k]
+
     def error(self, message: str) -> GraphError:
         return GraphError(f"{self.op_type} node {self.name!r}: {message}", f"graph{self.where}.node[{self.name!r}]")
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .common import Unsupported, ints
+from .common import ints
 
 __all__ = ["OPS"]
 
@@ -87,6 +87,8 @@ def _arg(f):
 
 def _topk(a):
     axis, largest, sorted_ = a.get("axis", -1), bool(a.get("largest", 1)), bool(a.get("sorted", 1))
+    if a.opset < 10:
+        a.require("k")  # required before opset 10
 
     def fn(x, k=None):
         kk = int(k.reshape(-1)[0].item()) if k is not None else a["k"]
@@ -106,12 +108,6 @@ def _cumsum(a):
             c = c - y
         return c.flip(ax) if reverse else c
     return fn
-
-
-def _unsupported(what):
-    def build(a):
-        raise Unsupported(what)
-    return build
 
 
 OPS = {

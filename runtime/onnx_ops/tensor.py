@@ -31,6 +31,8 @@ def _flatten(a):
 
 def _reshape(a):
     allowzero = a.get("allowzero", 0)
+    if a.opset < 5:
+        a.require("shape")  # required before opset 5: a GraphError now, not at run time
 
     def fn(x, shape=None):
         s = ints(shape) if shape is not None else list(a["shape"])
@@ -55,6 +57,9 @@ def _squeeze(a):
 
 
 def _unsqueeze(a):
+    if a.opset < 13:
+        a.require("axes")  # required before opset 13
+
     def fn(x, axes=None):
         ax = a["axes"] if axes is None else ints(axes)
         rank = x.dim() + len(ax)
@@ -96,6 +101,9 @@ def _split(a):
 
 
 def _slice(a):
+    if a.opset < 10:
+        a.require("starts", "ends")  # required before opset 10
+
     def fn(x, starts=None, ends=None, axes=None, steps=None):
         if starts is None:  # opset < 10: attributes
             st, en, ax, sp = list(a["starts"]), list(a["ends"]), a.get("axes"), None
@@ -241,6 +249,8 @@ def _pad(a):
     mode = a.get("mode", "constant")
     if mode not in ("constant", "reflect", "edge", "wrap"):
         raise Unsupported(f"Pad mode {mode!r}")
+    if a.opset < 11:
+        a.require("pads")  # required before opset 11
 
     def fn(x, pads=None, value=None, axes=None):
         p = ints(pads) if pads is not None else list(a["pads"])
