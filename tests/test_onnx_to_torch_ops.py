@@ -872,7 +872,7 @@ def test_missing_attribute_of_older_opsets_named_when_built(op, attrs, opset, mi
 
 
 def test_constant_shape_arithmetic_folded_when_built():
-    c = helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(i64(3)))
+    c = helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array(3, np.int64)))
     nodes = [c, helper.make_node("Unsqueeze", ["k", "zero"], ["k1"]),
              helper.make_node("Concat", ["minus1", "k1"], ["shape"], axis=0),
              helper.make_node("Reshape", ["x", "shape"], ["y"])]
