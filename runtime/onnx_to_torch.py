@@ -127,10 +127,12 @@ class _Graph:
         self.consts, self.inputs, self.outputs, self.steps = consts, inputs, outputs, steps
 
     def run(self, scope, inputs) -> list:
-        env = ChainMap({}, scope)
+        local = {}
         store = scope[_STORE]
+        params, buffers = store._parameters, store._buffers  # what functional_call swaps, read directly
         for name, key in self.consts:
-            env[name] = getattr(store, key)
+            local[name] = params[key] if key in params else buffers[key]
+        env = ChainMap(local, scope)
         for name, value in zip(self.inputs, inputs):
             env[name] = value
         for fn, ins, outs, scoped, frees in self.steps:
