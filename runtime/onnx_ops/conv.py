@@ -65,17 +65,21 @@ def apply_pads(x: torch.Tensor, pads: list[int], value: float = 0.0) -> tuple[to
     return pad_spatial(x, pads, value), [0] * n
 
 
+def _geometry(a, w: torch.Tensor) -> tuple[int, list[int], list[int], list[int]]:
+    """Spatial rank, kernel, strides and dilations of a (transposed) convolution with weight w."""
+    n = w.dim() - 2
+    if n not in _CONV:
+        raise Unsupported(f"{a.op_type} with {n} spatial dimensions")
+    return (n, list(a.get("kernel_shape", w.shape[2:])), list(a.get("strides", [1] * n)),
+            list(a.get("dilations", [1] * n)))
+
+
 def _conv(a):
     check_auto_pad(a)
     group = a.get("group", 1)
 
     def fn(x, w, b=None):
-        n = w.dim() - 2
-        if n not in _CONV:
-            raise Unsupported(f"Conv with {n} spatial dimensions")
-        kernel = list(a.get("kernel_shape", w.shape[2:]))
-        strides = list(a.get("strides", [1] * n))
-        dil = list(a.get("dilations", [1] * n))
+        n, kernel, strides, dil = _geometry(a, w)
         x, pad = apply_pads(x, auto_pads(a, list(x.shape[2:]), kernel, strides, dil))
         return _CONV[n](x, w, b, stride=strides, padding=pad, dilation=dil, groups=group)
     return fn
@@ -87,12 +91,7 @@ def _conv_transpose(a):
     out_shape = a.get("output_shape")
 
     def fn(x, w, b=None):
-        n = w.dim() - 2
-        if n not in _CONV_T:
-            raise Unsupported(f"ConvTranspose with {n} spatial dimensions")
-        kernel = list(a.get("kernel_shape", w.shape[2:]))
-        strides = list(a.get("strides", [1] * n))
-        dil = list(a.get("dilations", [1] * n))
+        n, kernel, strides, dil = _geometry(a, w)
         adj = list(a.get("output_padding", [0] * n))
         spatial = list(x.shape[2:])
         full = [(s - 1) * st + (k - 1) * d + 1 for s, st, k, d in zip(spatial, strides, kernel, dil)]
