@@ -12,9 +12,9 @@ from mrcformat.container import Container
 
 from .onnx_model import decoded_arrays, fill_stub, graph_model, graph_stubs, load_container, raw_initializer, \
     serialize, wanted_names
-from .selfdecode import self_decoding_model
+from .selfdecode import regenerated_weights_model, self_decoding_model
 
-__all__ = ["export", "to_onnx_model"]
+__all__ = ["export", "export_two_step", "network_model", "to_onnx_model"]
 
 
 def to_onnx_model(container: str | os.PathLike | Container, *, self_decoding: bool = False):
@@ -42,3 +42,44 @@ def to_onnx_model(container: str | os.PathLike | Container, *, self_decoding: bo
 def export(src: str | os.PathLike | Container, dst: str | os.PathLike, *, self_decoding: bool = False) -> int:
     """Write the file's model as ONNX to `dst` (atomically); returns the number of bytes written."""
     return atomic_write_bytes(dst, serialize(to_onnx_model(src, self_decoding=self_decoding)))
+
+
+def network_model(container: str | os.PathLike | Container) -> tuple:
+    """(model, names): the stored graph with every coded tensor it reads from the top graph declared as a
+    float32 graph input of that name (`names`, in header order); raw tensors, and coded ones whose stub sits
+    inside a subgraph or a Constant node, are stored as in the plain export. The network half of the
+    two-step form (`export_two_step`)."""
+    from onnx import helper
+
+    c = load_container(container)
+    model = graph_model(c)
+    stubs = graph_stubs(c, model)
+    wanted = wanted_names(c, model, stubs)
+    top = model.graph
+    fed = [t for t in c.tensors if t.name in wanted and t.encoding == "coded"
+           and (t.name not in stubs or (stubs[t.name].node is None and stubs[t.name].graph is top))]
+    fed_names = {t.name for t in fed}
+    keep = [i for i in top.initializer if i.name not in fed_names]  # top-graph stubs become inputs
+    del top.initializer[:]
+    top.initializer.extend(keep)
+    declared = {i.name for i in top.input}
+    top.input.extend(helper.make_tensor_value_info(t.name, 1, list(t.shape)) for t in fed if t.name not in declared)
+    for t, arr in decoded_arrays(c, wanted - fed_names):
+        if t.name in stubs:
+            fill_stub(stubs[t.name], arr)
+        else:
+            top.initializer.append(raw_initializer(t.name, t.dtype, arr))
+    return model, [t.name for t in fed]
+
+
+def export_two_step(src: str | os.PathLike | Container, weights_dst: str | os.PathLike,
+                    network_dst: str | os.PathLike) -> tuple[int, int]:
+    """The two-step form for large models, in two files any onnxruntime opens without our code:
+    `weights_dst`, a decoder without inputs whose outputs are the coded tensors the network reads (open it
+    with graph optimisations off and run it once: no constant folding, one batch of intermediates at a
+    time), and `network_dst`, the network taking those tensors as inputs of the same names next to its
+    own (`network_model`). Returns the two sizes in bytes."""
+    c = load_container(src)
+    network, fed = network_model(c)
+    decoder = regenerated_weights_model(c, fed)
+    return (atomic_write_bytes(weights_dst, serialize(decoder)), atomic_write_bytes(network_dst, serialize(network)))

@@ -40,6 +40,8 @@ from __future__ import annotations
 import functools
 import os
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from mrcformat.bitpack import pack_indices
@@ -688,8 +690,9 @@ def self_decoding_model_sources(container: str | os.PathLike | Container) -> tup
 _AS_DECODED = {"bfloat16": "uint16", "bool": "uint8"}  # raw dtypes numpy/mrcformat.decode represent differently
 
 
-def regenerated_weights_model(container: str | os.PathLike | Container):
-    """A model without inputs whose outputs are all the file's tensors, by name, regenerated in-graph.
+def regenerated_weights_model(container: str | os.PathLike | Container, names: Iterable[str] | None = None):
+    """A model without inputs whose outputs are the file's tensors (all, or those called `names`, in header
+    order), by name, regenerated in-graph.
 
     Coded tensors come out as float32, raw ones as `mrcformat.decode` returns them: their stored dtype,
     except bfloat16 as its uint16 bit patterns (onnxruntime's Python API cannot return bfloat16) and
@@ -697,10 +700,11 @@ def regenerated_weights_model(container: str | os.PathLike | Container):
     from onnx import helper
 
     c = load_container(container)
+    chosen = {t.name for t in c.tensors} if names is None else set(names)
     dec = _Decoder(c, _prefix({t.name for t in c.tensors}))
-    dec.tensors({t.name for t in c.tensors})
+    dec.tensors(chosen)
     outputs = []
-    for t in c.tensors:
+    for t in (t for t in c.tensors if t.name in chosen):
         dtype = "float32" if t.encoding == "coded" else _AS_DECODED.get(t.dtype, t.dtype)
         if t.encoding == "raw":
             inner = dec.b.fresh()
