@@ -6,9 +6,11 @@ weight to be coded is a graph input, so one onnxruntime session evaluates the mo
 weights: the original (reference outputs), perturbed ones (importance) and decoded ones (measured
 distortion), without rebuilding a session. Distortion is the output error the compressor minimises:
 
-    D = mean over feeds of  sum over float outputs o of  |y_o' - y_o|^2 / |y_o|^2
+    D = sum over float outputs o of  mean over feeds |y_o' - y_o|^2 / mean over feeds |y_o|^2
 
-(relative squared error of each output, so outputs of different scales count alike).
+(the squared error of each output relative to that output's mean power over all feeds, so outputs of
+different scales count alike, while feeds keep their own weight: a per-feed normalisation made a speech
+detector's silent frames, whose probabilities are ~1e-3, dominate D and the importances measured with it).
 
 Recurrent models (state in, state out, e.g. a streaming VAD) are calibrated as they run: with
 `state={"state": "stateN"}` consecutive feeds form sequences of `sequence_length` steps, and each step
@@ -212,7 +214,9 @@ class Probe:
         self._fetch = self.output_names + [o for o in self.state.values() if o not in self.output_names]
         self.original = [s.array for s in sites]
         self.reference = self._run_all(self.original, range(len(self.sequences)))
-        self._norm = [[max(float(np.mean(np.square(y, dtype=np.float64))), 1e-30) for y in ys] for ys in self.reference]
+        power = [max(float(np.mean([np.mean(np.square(ys[o])) for ys in self.reference])), 1e-30)
+                 for o in range(len(self.output_names))]
+        self._norm = [power for _ in self.reference]   # per output, the same for every feed (module doc)
 
     def _run_sequence(self, weights, seq: list[int]) -> list[list[np.ndarray]]:
         """Outputs `output_names` of every step of one sequence, the state carried between steps."""
