@@ -6,7 +6,9 @@
 // job the model is opened `opens` times (session creation timed each time; `options` are extra session
 // options, none by default) and the last session run `runs` times without inputs (each run timed); every
 // output's raw bytes go to <out>/<index>.bin, and <out>/outputs.json lists name, type, dims and file per
-// output plus the timings. opens or runs may be 0 (timing only; out may be omitted). Prints one JSON line
+// output plus the timings. opens or runs may be 0 (timing only; out may be omitted). With "decoder": a model
+// that is first opened with optimisations off and run once, inside the timed open (the two-step form's
+// decode; its outputs are not fed anywhere here). Prints one JSON line
 // per job, with the resident set before the first session (rss_before_mb) and the process's peak so far.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -35,6 +37,12 @@ for (const job of jobs) {
   for (let i = 0; i < opens; i++) {
     if (session) await session.release();
     const t0 = process.hrtime.bigint();
+    if (job.decoder) {  // the two-step form: the decoder run once, optimisations off, before the model opens
+      const dec = await ort.InferenceSession.create(new Uint8Array(fs.readFileSync(job.decoder)),
+        { executionProviders: ['cpu'], graphOptimizationLevel: 'disabled' });
+      await dec.run({});
+      await dec.release();
+    }
     session = await ort.InferenceSession.create(bytes, { executionProviders: ['cpu'], ...(job.options ?? {}) });
     open_s.push(Number(process.hrtime.bigint() - t0) / 1e9);
   }
