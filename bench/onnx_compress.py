@@ -60,13 +60,13 @@ MODELS = {
         main="frame_agreement", main_label="frame agreement with the original (>= 0.5 rule)",
         second="mean_abs_diff", second_label="mean |p - p_orig| per frame", second_log=True,
         cols=["frame_agreement", "segment_iou", "mean_abs_diff", "max_abs_diff"],
-        thresholds=[0.95, 0.99]),
+        thresholds=[0.95, 0.99], analyse=dict(max_feeds=None, importance_feeds=64)),
     "rapidocr": dict(
         budgets="2,3,4,6,8", index_bits=13, nnc_qps="-8,-16,-20,-24,-28,-32,-36,-40",
         main="exact_match", main_label="exact-match rate vs the original's strings",
         second="cer", second_label="CER vs the original's strings", second_log=False,
         cols=["exact_match", "cer", "exact_match_gt_candidate", "cer_gt_candidate"],
-        thresholds=[0.9, 0.95, 0.99]),
+        thresholds=[0.9, 0.95, 0.99], analyse=dict(max_feeds=32, importance_feeds=8)),
 }
 
 
@@ -161,8 +161,8 @@ def run_ours(name: str, info: dict, budgets: list[str], index_bits: int, work: P
 
     version = code_version()
     t0 = time.perf_counter()
-    an = analyse(str(info["path"]), str(info["calib"]), importance="activation", max_feeds=32,
-                 importance_feeds=8, progress=False)
+    an = analyse(str(info["path"]), str(info["calib"]), importance="activation", progress=False,
+                 **MODELS[name]["analyse"])
     t_an = time.perf_counter() - t0
     log(f"ours: analyse {t_an:.1f}s, {an.coded_weights} coded weights in {len(an.sites)} tensors; notes: {an.notes}")
     rows = []
@@ -189,7 +189,7 @@ def run_ours(name: str, info: dict, budgets: list[str], index_bits: int, work: P
         log(f"ours {b:>4} bpw: {r.file_bytes} B (weights {row['weight_bytes']}), code {r.seconds.get('code', 0):.1f}s, "
             f"D {r.measured_distortion:.3e}, " + ", ".join(f"{k} {v:.4g}" for k, v in ev.items()
                                                            if isinstance(v, float)))
-    return rows, dict(code_version=version, analyse_seconds=t_an, coded_weights=an.coded_weights, tensors=len(an.sites), notes=an.notes)
+    return rows, dict(code_version=version, analyse=MODELS[name]['analyse'], analyse_seconds=t_an, coded_weights=an.coded_weights, tensors=len(an.sites), notes=an.notes)
 
 
 def run_nnc(name: str, info: dict, qps: list[int], work: Path, log, qp_mode: str = "absolute") -> tuple[list, dict]:
@@ -267,7 +267,9 @@ def write_outputs(name: str, res: dict) -> None:
     if "ours" in res:
         o = res["ours"]
         lines.append(f"- ours: {o['coded_weights']} values coded ({o['tensors']} tensors, ndim >= 2, >= 64 values), "
-                     f"index_bits {res['index_bits']}, importance 'activation', max_feeds 32, importance_feeds 8; "
+                     f"index_bits {res['index_bits']}, importance 'activation', "
+                     + ", ".join(f"{k} {v}" for k, v in o.get("analyse", dict(max_feeds=32, importance_feeds=8)).items())
+                     + "; "
                      f"analyse (once) {o['analyse_seconds']:.1f} s")
     if "nnc" in res:
         n = res["nnc"]

@@ -139,8 +139,9 @@ def analyse(model: str | os.PathLike | bytes, calibration, *, importance: str = 
         pairs = state_candidates(probe.session.get_inputs(), probe.session.get_outputs())
         if pairs:
             notes.append("the model looks recurrent (" + ", ".join(f"{i} -> {o}" for i, o in pairs) + "): if the "
-                         "calibration feeds are consecutive steps, calibrate it as it streams with "
-                         + " ".join(f"--state {i}={o}" for i, o in pairs) + " (API: state=)")
+                         "calibration feeds are consecutive steps, "
+                         + " ".join(f"--state {i}={o}" for i, o in pairs) + " (API: state=) measures the distortion "
+                         "as the model streams, the state carried between feeds")
     bar = _bar(len(sites), "importance", progress and importance != "uniform")
     h, sens = estimate_importance(probe, onnx_model, importance, trials=trials, seed=seed, feeds=importance_feeds,
                                   progress=bar.update if bar else None)
