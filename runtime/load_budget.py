@@ -7,10 +7,10 @@ checks its own total here before decoding anything:
 * torch (`load_state_dict`, `load_module`): the file's bytes, the decoded tensors (coded float32; raw
   tensors copied into torch), plus for `load_module` the constants the graph creates.
 * onnxruntime (`session`): the file's bytes, the decoded tensors, onnxruntime's own copy of them (it
-  copies external initializers while it builds the session; measured: peak = 2.4x the weights for a
-  96 MiB MLP, bench/peak_memory.py), the serialized model, and the constants the graph creates, which
-  onnxruntime constant-folds at session creation (a 4 KB file with a ConstantOfShape of 2^28 floats
-  made onnxruntime allocate 1.1 GiB).
+  copies external initializers while it builds the session) and a transient copy while it optimises
+  (3x in all; measured peaks 2.5-2.7x), the serialized model, and twice the constants the graph creates,
+  which onnxruntime constant-folds at session creation (a 4 KB file with a ConstantOfShape of 2^28
+  floats made onnxruntime allocate 1.1 GiB). See bench/results/peak_memory_budget.md.
 * plain export: the decoded tensors, the ONNX model holding a copy, its serialized bytes.
 
 Graph constants: every top-level node whose inputs are all constants (initializers, file tensors,
@@ -28,7 +28,13 @@ import numpy as np
 from mrcformat.container import Container
 from mrcformat.errors import LimitError
 
-__all__ = ["GraphCost", "check", "decoded_bytes", "graph_constants", "check_export_budget"]
+__all__ = ["GraphCost", "check", "check_export_budget", "decoded_bytes", "estimate", "graph_constants", "session_bytes",
+           "torch_bytes"]
+
+# What an onnxruntime session load needs beside the tensors: ONNX shape inference's first use and the
+# session's own structures (measured: 19 MiB peak for a load refused just before the session, 29 MiB over
+# the counted tensors for sessions that were built). Runs of onnxruntime vary by several MiB.
+SESSION_OVERHEAD = 48 << 20
 
 _RAW_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
                  "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1}
@@ -113,6 +119,41 @@ def _onnx_type(dtype: str) -> int:
     from .onnx_model import ONNX_DTYPES
 
     return ONNX_DTYPES.get(dtype, 0)
+
+
+def session_bytes(c: Container, file_bytes: int, model, wanted: set[str]) -> tuple[int, GraphCost]:
+    """What `ort.session` allocates: the file; the decoded tensors three times (ours, onnxruntime's copy,
+    and one transient copy while it optimises: constant folding or pre-packing; measured peaks 2.5-2.7x
+    the decoded size, bench/results/peak_memory_budget.md); the stored graph twice (our ModelProto and
+    its serialized bytes); the folded graph constants twice (the folded tensor and the initializer made
+    of it: measured 2.1x); and SESSION_OVERHEAD for the machinery (ONNX shape inference, the session)."""
+    consts = graph_constants(model, c)
+    return (SESSION_OVERHEAD + file_bytes + 3 * decoded_bytes(c, wanted) + 2 * len(c.graph or b"") + 2 * consts.bytes,
+            consts)
+
+
+def torch_bytes(c: Container, file_bytes: int, model=None) -> int:
+    """What `load_state_dict` (model None) or `load_module` (the graph's ModelProto) allocates."""
+    if model is None:
+        return file_bytes + decoded_bytes(c)
+    return file_bytes + decoded_bytes(c) + len(c.graph or b"") + graph_constants(model, c).bytes
+
+
+def estimate(path, loader: str) -> int:
+    """The bytes `loader` ("session", "load_state_dict", "load_module") would count for the file at `path`."""
+    import onnx
+
+    from mrcformat.fileread import read_file
+    from mrcformat.reader import from_bytes
+
+    data = read_file(path)
+    c = from_bytes(data, max_decoded_bytes=None)
+    model = onnx.ModelProto.FromString(bytes(c.graph)) if c.graph is not None else None
+    if loader == "session":
+        from .onnx_model import graph_stubs, wanted_names
+
+        return session_bytes(c, len(data), model, wanted_names(c, model, graph_stubs(c, model)))[0]
+    return torch_bytes(c, len(data), model if loader == "load_module" else None)
 
 
 def check(needed: int, budget: int | None, what: str) -> None:

@@ -204,9 +204,8 @@ def session(src: str | os.PathLike | Container, *, self_decoding: bool = False, 
     model = graph_model(c)
     stubs = graph_stubs(c, model)
     wanted = wanted_names(c, model, stubs)
-    consts = load_budget.graph_constants(model, c)
-    load_budget.check(file_bytes + 2 * load_budget.decoded_bytes(c, wanted) + 2 * len(c.graph or b"") + consts.bytes,
-                      max_decoded_bytes, "this onnxruntime session")
+    needed, consts = load_budget.session_bytes(c, file_bytes, model, wanted)
+    load_budget.check(needed, max_decoded_bytes, "this onnxruntime session")
     arrays = ort_decoded_arrays(c, wanted, providers) if self_decoding else decoded_arrays(c, wanted)
     names, values = [], []
     top = model.graph

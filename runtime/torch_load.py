@@ -48,13 +48,20 @@ def _container_and_size(src, budget: int | None) -> tuple[Container, int]:
     return from_bytes(data, max_decoded_bytes=budget), len(data)
 
 
-def _checked(src, budget: int | None, what: str, graph_bytes=None) -> Container:
-    """The Container, once the load's allocations (file + decoded tensors [+ graph constants]) fit the budget."""
+def _checked(src, budget: int | None, what: str, with_graph: bool = False) -> Container:
+    """The Container, once the load's allocations (file + decoded tensors [+ graph + its constants])
+    fit the budget (`load_budget.torch_bytes`)."""
+    import onnx
+
     from . import load_budget
 
     c, file_bytes = _container_and_size(src, budget)
-    extra = graph_bytes(c) if graph_bytes is not None else 0
-    load_budget.check(file_bytes + load_budget.decoded_bytes(c) + extra, budget, what)
+    model = None
+    if with_graph:
+        if c.graph is None:
+            raise GraphError("the file has no graph section; use load_state_dict with your model class", "graph")
+        model = onnx.ModelProto.FromString(bytes(c.graph))
+    load_budget.check(load_budget.torch_bytes(c, file_bytes, model), budget, what)
     return c
 
 
@@ -166,15 +173,9 @@ def load_module(path_or_container: str | os.PathLike | bytes | Container, device
     """
     import onnx
 
-    from . import load_budget
     from .onnx_to_torch import OnnxModule
 
-    def graph_bytes(c: Container) -> int:
-        if c.graph is None:
-            raise GraphError("the file has no graph section; use load_state_dict with your model class", "graph")
-        return len(c.graph) + load_budget.graph_constants(onnx.ModelProto.FromString(bytes(c.graph)), c).bytes
-
-    c = _checked(path_or_container, max_decoded_bytes, "load_module", graph_bytes)
+    c = _checked(path_or_container, max_decoded_bytes, "load_module", with_graph=True)
     model = onnx.ModelProto.FromString(bytes(c.graph))
     tensors = decode(c, device, chunk=chunk)
     try:
