@@ -248,6 +248,8 @@ def invalid_vectors(valid: dict[str, bytes]) -> dict[str, tuple[bytes, str, obje
     out.update({k: v for k, v in graph_vectors().items()})
     out.update(precedence_vectors())
     out["unknown_field_minor_0"] = (edit(to_bytes(small_base()), _newer_minor_fields, (1, 0)), "unknown-field", "compression")
+    out["float_in_unknown_field_minor_2"] = (edit(to_bytes(small_base()), both(_newer_minor_fields, setp("tensors.0.doc", 0.5)),
+                                                  (1, 2)), "header-decode", 24)
     out["unknown_field_minor_1"] = (edit(to_bytes(small_base()), _newer_minor_fields, (1, 1)), "unknown-field", "compression")
     return out
 
