@@ -406,27 +406,28 @@ class _Bad(Exception):
 
 
 # onnx.proto of ONNX 1.23.2 (IR version 14): message -> {field number: kind}. A kind is a message name, 'len'
-# (string/bytes), 'var' (varint, enum), 'f32' or 'f64' (fixed width); '*': a repeated scalar (packed or not).
+# (string/bytes), 'var' (varint, enum), 'f32' or 'f64' (fixed width); '*' marks a repeated field (a scalar one
+# packed or not); a non-repeated message field given twice is the merge of both.
 ONNX_SCHEMA = {
     'ModelProto': {1: 'var', 2: 'len', 3: 'len', 4: 'len', 5: 'var', 6: 'len', 7: 'GraphProto',
-        8: 'OperatorSetIdProto', 14: 'StringStringEntryProto', 20: 'TrainingInfoProto', 25: 'FunctionProto',
-        26: 'DeviceConfigurationProto'},
-    'GraphProto': {1: 'NodeProto', 2: 'len', 5: 'TensorProto', 10: 'len', 11: 'ValueInfoProto',
-        12: 'ValueInfoProto', 13: 'ValueInfoProto', 14: 'TensorAnnotation', 15: 'SparseTensorProto',
-        16: 'StringStringEntryProto'},
-    'NodeProto': {1: 'len', 2: 'len', 3: 'len', 4: 'len', 5: 'AttributeProto', 6: 'len', 7: 'len', 8: 'len',
-        9: 'StringStringEntryProto', 10: 'NodeDeviceConfigurationProto'},
+        8: 'OperatorSetIdProto*', 14: 'StringStringEntryProto*', 20: 'TrainingInfoProto*', 25: 'FunctionProto*',
+        26: 'DeviceConfigurationProto*'},
+    'GraphProto': {1: 'NodeProto*', 2: 'len', 5: 'TensorProto*', 10: 'len', 11: 'ValueInfoProto*',
+        12: 'ValueInfoProto*', 13: 'ValueInfoProto*', 14: 'TensorAnnotation*', 15: 'SparseTensorProto*',
+        16: 'StringStringEntryProto*'},
+    'NodeProto': {1: 'len', 2: 'len', 3: 'len', 4: 'len', 5: 'AttributeProto*', 6: 'len', 7: 'len', 8: 'len',
+        9: 'StringStringEntryProto*', 10: 'NodeDeviceConfigurationProto*'},
     'AttributeProto': {1: 'len', 2: 'f32', 3: 'var', 4: 'len', 5: 'TensorProto', 6: 'GraphProto', 7: 'f32*',
-        8: 'var*', 9: 'len', 10: 'TensorProto', 11: 'GraphProto', 13: 'len', 14: 'TypeProto', 15: 'TypeProto',
-        20: 'var', 21: 'len', 22: 'SparseTensorProto', 23: 'SparseTensorProto'},
+        8: 'var*', 9: 'len', 10: 'TensorProto*', 11: 'GraphProto*', 13: 'len', 14: 'TypeProto', 15: 'TypeProto*',
+        20: 'var', 21: 'len', 22: 'SparseTensorProto', 23: 'SparseTensorProto*'},
     'TensorProto': {1: 'var*', 2: 'var', 3: 'Segment', 4: 'f32*', 5: 'var*', 6: 'len', 7: 'var*', 8: 'len',
-        9: 'len', 10: 'f64*', 11: 'var*', 12: 'len', 13: 'StringStringEntryProto', 14: 'var',
-        16: 'StringStringEntryProto'},
+        9: 'len', 10: 'f64*', 11: 'var*', 12: 'len', 13: 'StringStringEntryProto*', 14: 'var',
+        16: 'StringStringEntryProto*'},
     'Segment': {1: 'var', 2: 'var'},
     'StringStringEntryProto': {1: 'len', 2: 'len'},
     'TypeProto': {1: 'Tensor', 4: 'Sequence', 5: 'Map', 6: 'len', 7: 'Opaque', 8: 'SparseTensor', 9: 'Optional'},
     'Tensor': {1: 'var', 2: 'TensorShapeProto'},
-    'TensorShapeProto': {1: 'Dimension'},
+    'TensorShapeProto': {1: 'Dimension*'},
     'Dimension': {1: 'var', 2: 'len', 3: 'len'},
     'Sequence': {1: 'TypeProto'},
     'Map': {1: 'var', 2: 'TypeProto'},
@@ -434,19 +435,28 @@ ONNX_SCHEMA = {
     'SparseTensor': {1: 'var', 2: 'TensorShapeProto'},
     'Optional': {1: 'TypeProto'},
     'SparseTensorProto': {1: 'TensorProto', 2: 'TensorProto', 3: 'var*'},
-    'NodeDeviceConfigurationProto': {1: 'len', 2: 'ShardingSpecProto', 3: 'var'},
-    'ShardingSpecProto': {1: 'len', 2: 'var*', 3: 'IntIntListEntryProto', 4: 'ShardedDimProto'},
+    'NodeDeviceConfigurationProto': {1: 'len', 2: 'ShardingSpecProto*', 3: 'var'},
+    'ShardingSpecProto': {1: 'len', 2: 'var*', 3: 'IntIntListEntryProto*', 4: 'ShardedDimProto*'},
     'IntIntListEntryProto': {1: 'var', 2: 'var*'},
-    'ShardedDimProto': {1: 'var', 2: 'SimpleShardedDimProto'},
+    'ShardedDimProto': {1: 'var', 2: 'SimpleShardedDimProto*'},
     'SimpleShardedDimProto': {1: 'var', 2: 'len', 3: 'var'},
-    'ValueInfoProto': {1: 'len', 2: 'TypeProto', 3: 'len', 4: 'StringStringEntryProto'},
-    'TensorAnnotation': {1: 'len', 2: 'StringStringEntryProto'},
+    'ValueInfoProto': {1: 'len', 2: 'TypeProto', 3: 'len', 4: 'StringStringEntryProto*'},
+    'TensorAnnotation': {1: 'len', 2: 'StringStringEntryProto*'},
     'OperatorSetIdProto': {1: 'len', 2: 'var'},
-    'TrainingInfoProto': {1: 'GraphProto', 2: 'GraphProto', 3: 'StringStringEntryProto', 4: 'StringStringEntryProto'},
-    'FunctionProto': {1: 'len', 4: 'len', 5: 'len', 6: 'len', 7: 'NodeProto', 8: 'len', 9: 'OperatorSetIdProto',
-        10: 'len', 11: 'AttributeProto', 12: 'ValueInfoProto', 13: 'len', 14: 'StringStringEntryProto'},
+    'TrainingInfoProto': {1: 'GraphProto', 2: 'GraphProto', 3: 'StringStringEntryProto*',
+        4: 'StringStringEntryProto*'},
+    'FunctionProto': {1: 'len', 4: 'len', 5: 'len', 6: 'len', 7: 'NodeProto*', 8: 'len', 9: 'OperatorSetIdProto*',
+        10: 'len', 11: 'AttributeProto*', 12: 'ValueInfoProto*', 13: 'len', 14: 'StringStringEntryProto*'},
     'DeviceConfigurationProto': {1: 'len', 2: 'var', 3: 'len'},
 }
+
+
+def _kind(msg: str, num: int) -> tuple[str | None, bool]:
+    """(kind without '*', repeated?) of field `num` of message `msg`; (None, False) if undefined."""
+    k = ONNX_SCHEMA[msg].get(num)
+    return (k.rstrip("*"), k.endswith("*")) if k else (None, False)
+
+
 MAX_PROTO_DEPTH = 101  # the ModelProto and 100 levels of embedded messages or groups (protobuf's default limit)
 
 
@@ -454,13 +464,13 @@ def _validate(b: bytes, msg: str, depth: int = 1) -> None:
     """Raise _Bad unless `b` parses as `msg`: well-formed wire format, every embedded message of a known
     field parsed (recursively) as its type, packed scalars whole; a known field of another wire type and
     an unknown field are skipped (their wire format still well-formed)."""
-    schema, p = ONNX_SCHEMA[msg], 0
+    p = 0
     while p < len(b):
         key, p = _varint(b, p)
         num, wt = key >> 3, key & 7
         if num == 0 or key > 0xFFFFFFFF:
             raise _Bad
-        kind = schema.get(num)
+        kind = _kind(msg, num)[0]
         if wt == 0:
             _, p = _varint(b, p)
         elif wt in (1, 5):
@@ -474,11 +484,11 @@ def _validate(b: bytes, msg: str, depth: int = 1) -> None:
                 if depth + 1 > MAX_PROTO_DEPTH:
                     raise _Bad
                 _validate(v, kind, depth + 1)
-            elif kind == "var*":
+            elif kind == "var" and _kind(msg, num)[1]:
                 q = 0
                 while q < len(v):
                     _, q = _varint(v, q)
-            elif kind in ("f32*", "f64*") and len(v) % (4 if kind == "f32*" else 8):
+            elif kind in ("f32", "f64") and _kind(msg, num)[1] and len(v) % (4 if kind == "f32" else 8):
                 raise _Bad
         elif wt == 3:
             p = _skip_group(b, p, num, depth + 1)
@@ -599,6 +609,27 @@ class _Msg:
         return c
 
 
+def _tensors_anywhere(b: bytes, msg: str = "ModelProto") -> list[_Msg]:
+    """Every TensorProto reachable from `b` (a `msg`) through message fields of the schema, at any depth
+    (rule 2's "anywhere"); non-repeated message fields given twice are merged first."""
+    out, stack = [], [(b, msg)]
+    while stack:
+        data, name = stack.pop()
+        if name == "TensorProto":
+            out.append(_Msg(data))
+            continue
+        singular: dict[int, bytes] = {}
+        for num, wt, v in _fields_of(data):
+            kind, repeated = _kind(name, num)
+            if wt == 2 and kind in ONNX_SCHEMA:
+                if repeated:
+                    stack.append((v, kind))
+                else:
+                    singular[num] = singular.get(num, b"") + v
+        stack += [(v, _kind(name, num)[0]) for num, v in singular.items()]
+    return out
+
+
 def _has_data(t: _Msg) -> bool:
     return bool(any(t.count(k) for k in (4, 5, 6, 7, 9, 10, 11, 13)) or _external(t))
 
@@ -626,24 +657,6 @@ def _graphs(root: _Msg) -> list[_Msg]:
     return out
 
 
-def _node_tensors(node: _Msg) -> list[_Msg]:
-    out = []
-    for a in node.msgs(5):
-        t = a.msg(5)
-        out += ([t] if t is not None else []) + a.msgs(10)
-        sparse = ([a.msg(22)] if a.msg(22) is not None else []) + a.msgs(23)
-        out += [x for sp in sparse for x in (sp.msg(1), sp.msg(2)) if x is not None]
-    return out
-
-
-def _graph_tensors(g: _Msg) -> list[_Msg]:
-    out = g.msgs(5)
-    out += [x for sp in g.msgs(15) for x in (sp.msg(1), sp.msg(2)) if x is not None]
-    for node in g.msgs(1):
-        out += _node_tensors(node)
-    return out
-
-
 def _graph_rules(b: bytes, tensors: list[dict], minor: int, where: str) -> None:
     try:
         _validate(b, "ModelProto")
@@ -651,19 +664,7 @@ def _graph_rules(b: bytes, tensors: list[dict], minor: int, where: str) -> None:
         top = model.msg(7)
         if top is None:
             raise Reject("graph", where)
-        roots = [top]
-        for ti in model.msgs(20):
-            roots += [x for x in (ti.msg(1), ti.msg(2)) if x is not None]
-        every = []
-        for r in roots:
-            for g in _graphs(r):
-                every += _graph_tensors(g)
-        for f in model.msgs(25):
-            for node in f.msgs(7):
-                every += _node_tensors(node)
-                for sub in _subgraphs(node):
-                    for g in _graphs(sub):
-                        every += _graph_tensors(g)
+        every = _tensors_anywhere(b)
         if any(_external(t) for t in every):
             raise Reject("external-data", where)
         files = {t["name"]: t for t in tensors}

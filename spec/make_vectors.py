@@ -419,6 +419,7 @@ def onnx_model(nodes, inputs=(), initializer=(), sparse=(), outputs=("y",)) -> b
 
 
 def graph_vectors() -> dict[str, tuple[bytes, str, object]]:
+    import onnx
     from onnx import TensorProto, helper
 
     ident = helper.make_node("Identity", ["w"], ["y"])
@@ -426,7 +427,28 @@ def graph_vectors() -> dict[str, tuple[bytes, str, object]]:
     sparse = helper.make_sparse_tensor(helper.make_tensor("w", TensorProto.FLOAT, [1], [1.0]),
                                        helper.make_tensor("w_idx", TensorProto.INT64, [1], [0]), [4])
     wrong_dims = stub("w", [2, 2])
+    ext = helper.make_tensor("k", TensorProto.FLOAT, [1], [0.0])
+    ext.ClearField("float_data")
+    ext.data_location = TensorProto.EXTERNAL
+    ext.external_data.add(key="location", value="elsewhere.bin")
+    out_y = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    fn = helper.make_function("local", "F", [], ["k"], [helper.make_node("Constant", [], ["k"], value_float=1.0)],
+                              [helper.make_opsetid("", 18)])
+    fn.attribute_proto.append(helper.make_attribute("k_default", ext))  # a function's default attribute
+    with_fn = helper.make_model(helper.make_graph([ident], "g", [], out_y),
+                                opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("local", 1)],
+                                functions=[fn], ir_version=8)
+    with_ti = onnx.ModelProto.FromString(onnx_model([ident]))
+    init = helper.make_graph([], "init", [], [], initializer=[ext])
+    with_ti.training_info.append(helper.make_training_info(init, [], init, []))
+    branch = helper.make_graph([helper.make_node("Constant", [], ["c"], value=ext)], "b", [],
+                               [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)])
+    nested = onnx_model([helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=branch), ident],
+                        inputs=["cond"])
     v = {
+        "external_data_function_default": (graph_file(with_fn.SerializeToString()), "external-data", "sections[1]"),
+        "external_data_training_info": (graph_file(with_ti.SerializeToString()), "external-data", "sections[1]"),
+        "external_data_subgraph_constant": (graph_file(nested), "external-data", "sections[1]"),
         "graph_empty": (graph_file(b""), "graph", "sections[1]"),
         "graph_not_onnx": (graph_file(b"\xff" * 8), "graph", "sections[1]"),
         "graph_undefined_input": (graph_file(onnx_model([helper.make_node("Add", ["w", "nowhere"], ["y"])])),
