@@ -175,37 +175,93 @@ def check_image(path: Path, repeats: int) -> dict:
     return {"outputs": diffs, "t_torch": _median_ms(t_t), "t_ort": _median_ms(t_o)}
 
 
+def _rows(name: str, ops: set[str], res: dict, build_ms: float) -> list[list[str]]:
+    note = ""
+    if "frames" in res:
+        note = f"{res['frames']} frames" + (f", speech decisions agree {100 * res['agreement']:.2f}%"
+                                            if "agreement" in res else "")
+        note += ", time per frame" if "agreement" in res else ", time for all frames"
+    rows = []
+    for i, (out, d) in enumerate(res["outputs"].items()):
+        first = i == 0
+        rows.append([name if first else "", str(len(ops)) if first else "", out, f"{d:.3g}",
+                     f"{res['t_torch']:.2f}" if first else "", f"{res['t_ort']:.2f}" if first else "",
+                     f"{build_ms:.0f}" if first else "", note if first else ""])
+    return rows
+
+
+_HEAD = ["model", "ops", "output", "max abs diff", "torch ms", "ort ms", "build ms", "notes"]
+
+
+def _plot(results: list[tuple[str, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n.replace(".onnx", "") for n, _ in results]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 0.5 * len(names) + 1.5))
+    diffs = [max(r["outputs"].values()) for _, r in results]
+    a1.barh(names, [max(d, 1e-12) for d in diffs], color="tab:blue")
+    a1.set_xscale("log")
+    a1.set_xlabel("largest |converter - onnxruntime| over outputs")
+    a1.invert_yaxis()
+    ratio = [r["t_torch"] / r["t_ort"] for _, r in results]
+    a2.barh(names, ratio, color="tab:orange")
+    a2.axvline(1.0, color="k", lw=0.8)
+    a2.set_xlabel("time ratio converter / onnxruntime (median, 1 thread)")
+    a2.invert_yaxis()
+    a2.set_yticklabels([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=4.0, help="audio through the silero streaming loops")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per image input")
     ap.add_argument("--only", default="", help="substring of the model file names to run")
+    ap.add_argument("--out", default="", help="also write OUT.md (the table) and OUT.png (a plot)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     models = {k: v for k, v in find_models().items() if args.only in k}
     if not models:
         print("no silero_vad / rapidocr models found (pip install --no-deps silero-vad rapidocr)")
         return
-    print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, one thread each\n")
-    print(f"{'model':34} {'ops':>4} {'output':40} {'max |diff|':>11} {'torch ms':>9} {'ort ms':>8}  notes")
+    rows, done = [], []
     for name, path in models.items():
         ops = op_types(onnx.load(str(path), load_external_data=False).graph)
+        t0 = time.perf_counter()
         try:
+            OnnxModule(path)
+            build_ms = 1000 * (time.perf_counter() - t0)
             res = check_streaming(path, args.seconds) if "silero" in name else check_image(path, args.repeats)
         except Exception as e:  # noqa: BLE001 - a model the converter cannot run is a row, not a crash
-            print(f"{name:34} {len(ops):4} FAILED: {type(e).__name__}: {str(e).splitlines()[0]}")
+            rows.append([name, str(len(ops)), "FAILED", f"{type(e).__name__}: {str(e).splitlines()[0]}",
+                         "", "", "", ""])
             continue
-        note = ""
-        if "frames" in res:
-            note = f"{res['frames']} frames" + ("" if "agreement" not in res else
-                                                f", speech decision agreement {100 * res['agreement']:.2f}%")
-            note += ", ms per frame" if "agreement" in res else ", ms for all frames"
-        for i, (out, d) in enumerate(res["outputs"].items()):
-            first = i == 0
-            print(f"{name if first else '':34} {len(ops) if first else '':>4} {out[:40]:40} {d:11.3g} "
-                  f"{res['t_torch'] if first else '':>9.4} {res['t_ort'] if first else '':>8.4}  {note if first else ''}"
-                  if first else f"{'':34} {'':>4} {out[:40]:40} {d:11.3g}")
-        print(f"{'':34} {'':>4} ops: {' '.join(sorted(ops))}")
+        rows += _rows(name, ops, res, build_ms)
+        rows.append(["", "", "ops: " + " ".join(sorted(ops)), "", "", "", "", ""])
+        done.append((name, res))
+    header = (f"onnxruntime {ort.__version__}, torch {torch.__version__}, one thread each; "
+              f"{args.seconds:g} s of audio, {args.repeats} timed calls per image input")
+    table = [r for r in [_HEAD, *rows] if not r[2].startswith("ops:")]
+    widths = [min(40, max(len(r[i]) for r in table)) for i in range(len(_HEAD))]
+    print(header + "\n")
+    for r in [_HEAD, *rows]:
+        if r[2].startswith("ops:"):
+            print(" " * (widths[0] + widths[1] + 2) + r[2])
+            continue
+        print(" ".join(c[:w].ljust(w) if i == 2 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    if args.out:
+        out = Path(args.out)
+        md = [(f"# ONNX-to-torch converter on real models\n\n`python -m bench.real_models.converter_check "
+               f"--seconds {args.seconds:g} --repeats {args.repeats} --out {args.out}`\n\n{header}\n"),
+              "| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
+        md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        out.with_suffix(".md").write_text("\n".join(md) + "\n")
+        if done:
+            _plot(done, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
