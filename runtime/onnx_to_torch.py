@@ -114,6 +114,29 @@ def _with_frees(steps: list, outputs: list[str]) -> list:
 
 
 _FOLD_MAX_ELEMENTS = 1 << 16  # constant results larger than this stay steps (no big tensors baked in)
+
+
+def _fold_size(op_type: str, args: list) -> float:
+    """Elements a size-making node would produce from its constant inputs, known before running it
+    (Range, ConstantOfShape, Expand, Tile; 0 for other ops): a hostile graph's Range(0, 2**40) must not
+    be allocated just to learn it is too big to fold (issue 15). inf when it cannot be told."""
+    import math
+
+    try:
+        if op_type == "Range":
+            start, limit, delta = (float(a.item()) for a in args[:3])
+            return max(math.ceil((limit - start) / delta), 0) if delta else math.inf
+        if op_type == "ConstantOfShape":
+            return math.prod(int(d) for d in args[0].reshape(-1).tolist()) if args[0].numel() <= 64 else math.inf
+        if op_type == "Expand":
+            shape = [int(d) for d in args[1].reshape(-1).tolist()] if args[1].numel() <= 64 else None
+            return math.inf if shape is None else math.prod(torch.broadcast_shapes(tuple(args[0].shape), tuple(shape)))
+        if op_type == "Tile":
+            reps = [int(d) for d in args[1].reshape(-1).tolist()] if args[1].numel() <= 64 else None
+            return math.inf if reps is None else args[0].numel() * math.prod(reps)
+    except Exception:  # noqa: BLE001  # malformed inputs: not folded; the step reports it at run time
+        return math.inf
+    return 0
 _STORE = "\x00store"  # env key of the module holding the weights (not a legal ONNX value name in practice)
 
 
@@ -154,8 +177,10 @@ class _Graph:
 class OnnxModule(nn.Module):
     """Runs an ONNX graph with torch ops; `tensors` (name -> tensor) fill or replace graph tensors.
 
-    forward(*inputs) takes the graph inputs in order (those not supplied by `tensors` or initializers)
-    and returns the output tensor, or a tuple if the graph has several outputs.
+    forward(*inputs) takes the graph inputs in order (those not supplied by `tensors` or initializers),
+    or by name, and returns the output tensor, or a tuple if the graph has several outputs. The graph is
+    an inference graph: BatchNormalization uses its running statistics and Dropout is the identity in
+    train() mode too (fine-tuning keeps normalisation frozen).
     """
 
     def __init__(self, model, tensors: dict[str, torch.Tensor] | None = None):
@@ -250,6 +275,8 @@ class OnnxModule(nn.Module):
         args = [foldable[n] if n else None for n in node.input]
         while args and args[-1] is None:
             args.pop()
+        if _fold_size(node.op_type, args) > _FOLD_MAX_ELEMENTS:
+            return False
         try:
             with torch.no_grad():
                 res = fn(*args)
