@@ -220,23 +220,36 @@ class OnnxModule(nn.Module):
     # ------------------------------------------------------------------ building
     @staticmethod
     def _setting_names(g) -> set[str]:
-        """Names consumed only at setting positions (anywhere in the model)."""
-        as_setting: set[str] = set()
-        as_data: set[str] = set()
+        """Names whose values reach only setting positions (Resize scales, Reshape shapes, ...), directly or
+        through nodes whose outputs all do (a Concat of float scales feeding a Resize), anywhere in the model."""
+        uses: dict[str, list[tuple[str, int, list[str]]]] = {}   # name -> (op type, input index, node outputs)
+        data: set[str] = set()
 
         def walk(graph):
             for node in graph.node:
+                sub_graphs = [a.g for a in node.attribute if a.type == 5] + \
+                    [s for a in node.attribute if a.type == 10 for s in a.graphs]
                 for i, n in enumerate(node.input):
-                    (as_setting if (node.op_type, i) in _SETTING_INPUTS else as_data).add(n)
-                for attr in node.attribute:
-                    for sub in ([attr.g] if attr.type == 5 else list(attr.graphs) if attr.type == 10 else []):
-                        walk(sub)
-                        for o in sub.output:  # a subgraph output is data
-                            as_data.add(o.name)
-            for o in graph.output:
-                as_data.add(o.name)
+                    uses.setdefault(n, []).append((node.op_type, i, [] if sub_graphs else list(node.output)))
+                for sub in sub_graphs:
+                    walk(sub)
+                    data.update(_reads(node) - set(node.input))  # outer values read inside a subgraph
+                    data.update(o.name for o in sub.output)      # a subgraph output is data
+            data.update(o.name for o in graph.output)
         walk(g)
-        return as_setting - as_data
+        settings: dict[str, bool] = {}
+
+        def only_settings(name: str, depth: int = 0) -> bool:
+            if name in settings:
+                return settings[name]
+            settings[name] = False  # cycles and deep chains count as data
+            if name in data or name not in uses or depth > 64:
+                return False
+            ok = all((op, i) in _SETTING_INPUTS or (outs and all(only_settings(o, depth + 1) for o in outs if o))
+                     for op, i, outs in uses[name])
+            settings[name] = ok
+            return ok
+        return {n for n in uses if only_settings(n)}
 
     def _store(self, name: str, t: torch.Tensor, parameter: bool) -> str:
         base = name.replace(".", "_") or "tensor"
