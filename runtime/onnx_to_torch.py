@@ -64,6 +64,25 @@ def _reads(node) -> set[str]:
     return names
 
 
+def _outer_reads(g) -> set[str]:
+    """Names a subgraph (nested ones included) reads without defining them: its outer-scope values."""
+    reads: set[str] = set()
+    defined = {i.name for i in g.input} | {t.name for t in g.initializer}
+
+    def walk(graph):
+        defined.update(i.name for i in graph.input)
+        defined.update(t.name for t in graph.initializer)
+        for n in graph.node:
+            reads.update(n.input)
+            defined.update(n.output)
+            for attr in n.attribute:
+                for sub in ([attr.g] if attr.type == 5 else list(attr.graphs) if attr.type == 10 else []):
+                    walk(sub)
+        reads.update(o.name for o in graph.output)
+    walk(g)
+    return reads - defined - {""}
+
+
 def _sorted_nodes(nodes: list, path: str) -> list:
     """The nodes in a topological order: as given when they already are (ONNX requires it; some
     writers do not comply, and onnxruntime sorts), else a stable topological sort."""
@@ -233,7 +252,7 @@ class OnnxModule(nn.Module):
                     uses.setdefault(n, []).append((node.op_type, i, [] if sub_graphs else list(node.output)))
                 for sub in sub_graphs:
                     walk(sub)
-                    data.update(_reads(node) - set(node.input))  # outer values read inside a subgraph
+                    data.update(_outer_reads(sub))                 # outer values read inside a subgraph
                     data.update(o.name for o in sub.output)      # a subgraph output is data
             data.update(o.name for o in graph.output)
         walk(g)

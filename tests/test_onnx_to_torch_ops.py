@@ -881,3 +881,14 @@ def test_constant_shape_arithmetic_folded_when_built():
     mod = OnnxModule(_model(nodes, {"x": f32(4, 6)}, inits, ["y"], 18))
     assert len(mod._graph.steps) == 1                      # only the Reshape of the input runs
     assert dict(mod.onnx_parameters()) == {}               # integer constants are buffers
+
+
+def test_float_settings_stay_buffers_through_arithmetic():
+    nodes = [helper.make_node("Concat", ["ones", "hw"], ["scales"], axis=0),
+             helper.make_node("Resize", ["x", "", "scales"], ["r"], mode="nearest"),
+             helper.make_node("Mul", ["r", "gain"], ["y"])]
+    inits = {"ones": np.ones(2, np.float32), "hw": np.array([2.0, 3.0], np.float32), "gain": np.float32(1.5)}
+    check(nodes, {"x": f32(1, 2, 3, 4)}, inits, exact=True)
+    mod = OnnxModule(_model(nodes, {"x": f32(1, 2, 3, 4)}, inits, ["y"], 18))
+    assert set(dict(mod.onnx_parameters())) == {"gain"}
+    assert len(mod._graph.steps) == 2                       # the scales Concat is folded
