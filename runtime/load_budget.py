@@ -28,8 +28,8 @@ import numpy as np
 from mrcformat.container import Container
 from mrcformat.errors import LimitError
 
-__all__ = ["GraphCost", "check", "check_export_budget", "decoded_bytes", "estimate", "graph_constants", "session_bytes",
-           "torch_bytes"]
+__all__ = ["GraphCost", "check", "check_export_budget", "decoded_bytes", "estimate", "graph_constants", "read_container",
+           "session_bytes", "torch_bytes"]
 
 # What an onnxruntime session load needs beside the tensors: ONNX shape inference's first use and the
 # session's own structures (measured: 19 MiB peak for a load refused just before the session, 29 MiB over
@@ -38,6 +38,18 @@ SESSION_OVERHEAD = 48 << 20
 
 _RAW_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
                  "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1}
+
+
+def read_container(src, budget: int | None) -> tuple[Container, int]:
+    """`src` (a path, the file's bytes, or a Container) as a checked Container and the bytes the file takes in
+    memory; a path is read with the budget (`fileread.read_file`), the reader bounds the decoded size by it."""
+    from mrcformat.fileread import read_file
+    from mrcformat.reader import from_bytes
+
+    if isinstance(src, Container):
+        return src, sum(t.data.nbytes for t in src.tensors if t.data is not None) + len(src.graph or b"")
+    data = bytes(src) if isinstance(src, (bytes, bytearray, memoryview)) else read_file(src, max_bytes=budget)
+    return from_bytes(data, max_decoded_bytes=budget), len(data)
 
 
 def decoded_bytes(c: Container, names: set[str] | None = None) -> int:

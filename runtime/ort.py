@@ -100,17 +100,6 @@ def trim_heap() -> bool:
 _SESSION_CLASS = None
 
 
-def _container_and_size(src, budget: int | None) -> tuple[Container, int]:
-    """The checked Container and the bytes its file takes in memory (read with the budget)."""
-    if isinstance(src, Container):
-        return src, sum(t.data.nbytes for t in src.tensors if t.data is not None) + len(src.graph or b"")
-    from mrcformat.fileread import read_file
-    from mrcformat.reader import from_bytes
-
-    data = read_file(src, max_bytes=budget)
-    return from_bytes(data, max_decoded_bytes=budget), len(data)
-
-
 def _session_class():
     """onnxruntime.InferenceSession that refuses to be re-created in place once its external
     initializers' arrays were released (re-creation would hand onnxruntime freed memory)."""
@@ -200,7 +189,7 @@ def session(src: str | os.PathLike | Container, *, self_decoding: bool = False, 
     import onnxruntime as ort
 
     providers = list(providers) if providers is not None else list(DEFAULT_PROVIDERS)
-    c, file_bytes = _container_and_size(src, max_decoded_bytes)
+    c, file_bytes = load_budget.read_container(src, max_decoded_bytes)
     model = graph_model(c)
     stubs = graph_stubs(c, model)
     wanted = wanted_names(c, model, stubs)

@@ -24,8 +24,6 @@ import torch
 from mrcformat import limits as L
 from mrcformat.container import Container
 from mrcformat.errors import GraphError, MrcError, RuntimeGraphError, UnsupportedGraphError
-from mrcformat.fileread import read_file
-from mrcformat.reader import from_bytes
 
 from .torch_decode import decode, decode_group, raw_to_torch
 
@@ -35,17 +33,9 @@ __all__ = ["LoadResult", "load_container", "load_into", "load_module", "load_sta
 def load_container(src: str | os.PathLike | bytes | Container,
                    max_decoded_bytes: int | None = L.DEFAULT_MAX_DECODED_BYTES) -> Container:
     """`src` as a Container: a path or the file's bytes are read (and fully checked)."""
-    return _container_and_size(src, max_decoded_bytes)[0]
+    from .load_budget import read_container
 
-
-def _container_and_size(src, budget: int | None) -> tuple[Container, int]:
-    if isinstance(src, Container):
-        return src, sum(t.data.nbytes for t in src.tensors if t.data is not None) + len(src.graph or b"")
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        data = bytes(src)
-    else:
-        data = read_file(src, max_bytes=budget)
-    return from_bytes(data, max_decoded_bytes=budget), len(data)
+    return read_container(src, max_decoded_bytes)[0]
 
 
 def _checked(src, budget: int | None, what: str, with_graph: bool = False) -> Container:
@@ -55,7 +45,7 @@ def _checked(src, budget: int | None, what: str, with_graph: bool = False) -> Co
 
     from . import load_budget
 
-    c, file_bytes = _container_and_size(src, budget)
+    c, file_bytes = load_budget.read_container(src, budget)
     model = None
     if with_graph:
         if c.graph is None:
@@ -110,7 +100,7 @@ def load_into(model: torch.nn.Module, path_or_container: str | os.PathLike | byt
     `max_decoded_bytes`: the reader's bound on the file and its decoded size (the weights land in the
     model's own memory, so nothing else is counted).
     """
-    c = _container_and_size(path_or_container, max_decoded_bytes)[0]
+    c = load_container(path_or_container, max_decoded_bytes)
     targets = model.state_dict(keep_vars=True)
     file_names = {t.name for t in c.tensors}
     missing = [k for k in targets if k not in file_names]
