@@ -8,6 +8,7 @@ written atomically and must be absent or regular files (never a symbolic link or
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import zipfile
@@ -441,6 +442,11 @@ def compress(model: str, budget: str | None, budgets: str | None, calibration: s
     """
     if (budget is None) == (budgets is None):
         _fail("give exactly one of --budget SIZE or --budgets A,B,C")
+    from .fileread import regular_file_kind
+
+    kind = regular_file_kind(os.stat(model).st_mode)
+    if kind is not None:  # a FIFO or a device would block or never end in onnx.load
+        _fail(f"{model}: cannot read: it is {kind}, not a regular file")
     try:
         from .encode import onnx_compress as oc
         from .encode.onnx_ingest import OnnxInputError
