@@ -200,3 +200,10 @@ def test_directory_is_fsynced_after_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic.os, "fsync", spy)
     atomic.atomic_write_bytes(tmp_path / "y.bin", b"data")
     assert calls == [False, True]  # the file, then its folder
+
+
+@POSIX
+def test_compress_refuses_a_device_as_model(tmp_path):
+    pytest.importorskip("onnxruntime")
+    r = run("compress", "/dev/zero", "--budget", "1KiB", "--calibration", tmp_path, "-o", tmp_path / "o.mrc")
+    one_line_error(r, 2, "character device")
