@@ -595,8 +595,8 @@ def test_recurrent_step_loop_is_differentiable():
 def test_unsupported_ops_listed_all_at_once_before_running():
     inner = _branch("then", [helper.make_node("StringNormalizer", ["x"], ["t"], name="deep_one")], "t")
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="ok"),
-             helper.make_node("NonMaxSuppression", ["a", "a"], ["b"], name="nms_1"),
-             helper.make_node("NonMaxSuppression", ["b", "a"], ["c"], name="nms_2"),
+             helper.make_node("RoiAlign", ["a", "a", "a"], ["b"], name="nms_1"),
+             helper.make_node("RoiAlign", ["b", "a", "a"], ["c"], name="nms_2"),
              helper.make_node("Resize", ["c", "", "s"], ["d"], name="aa", mode="linear", antialias=1),
              helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=inner, else_branch=inner),
              helper.make_node("Foo", ["y"], ["z"], name="custom", domain="com.example")]
@@ -605,7 +605,7 @@ def test_unsupported_ops_listed_all_at_once_before_running():
         OnnxModule(m)
     err = e.value
     assert isinstance(err, NotImplementedError)
-    assert err.op_types == ["NonMaxSuppression", "Resize", "StringNormalizer", "com.example.Foo"]
+    assert err.op_types == ["Resize", "RoiAlign", "StringNormalizer", "com.example.Foo"]
     names = {p[1] for p in err.problems}
     assert names == {"nms_1", "nms_2", "aa", "deep_one", "custom"}
     deep = {p[0] for p in err.problems if p[1] == "deep_one"}
@@ -892,3 +892,22 @@ def test_float_settings_stay_buffers_through_arithmetic():
     mod = OnnxModule(_model(nodes, {"x": f32(1, 2, 3, 4)}, inits, ["y"], 18))
     assert set(dict(mod.onnx_parameters())) == {"gain"}
     assert len(mod._graph.steps) == 2                       # the scales Concat is folded
+
+
+@pytest.mark.parametrize("center", [0, 1])
+@pytest.mark.parametrize("limit, iou, score", [(3, 0.5, None), (10, 0.3, 0.2), (2, 0.0, 0.5), (0, 0.5, None)])
+def test_non_max_suppression(center, limit, iou, score):
+    rng = _rng(7)
+    xy = rng.uniform(0, 10, (2, 12, 2))
+    wh = rng.uniform(0.5, 4, (2, 12, 2))
+    boxes = (np.concatenate([xy + wh / 2, wh], -1) if center else
+             np.concatenate([xy[..., ::-1], (xy + wh)[..., ::-1]], -1)).astype(np.float32)
+    boxes[0, 3] = boxes[0, 5]                                    # an exact duplicate
+    scores = rng.uniform(0, 1, (2, 3, 12)).astype(np.float32)
+    scores[1, 0, 4] = scores[1, 0, 7]                            # a tie
+    inits = {"m": i64(limit), "t": np.array([iou], np.float32)}
+    ins = ["b", "s", "m", "t"]
+    if score is not None:
+        inits["st"] = np.array([score], np.float32)
+        ins.append("st")
+    check([node("NonMaxSuppression", ins, center_point_box=center)], {"b": boxes, "s": scores}, inits, exact=True)

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import control, conv, elementwise, layers, pool, quantize, reduce, resize, rnn, sequence, tensor
+from . import control, conv, detection, elementwise, layers, pool, quantize, reduce, resize, rnn, sequence, tensor
 from .common import Attrs, Unsupported, UnsupportedOnnxError, onnx_dtype_to_torch, tensor_from_proto
 
 __all__ = ["MAX_OUTPUTS", "SUPPORTED_OPS", "Attrs", "Unsupported", "UnsupportedOnnxError", "onnx_dtype_to_torch",
            "tensor_from_proto"]
 
 SUPPORTED_OPS: dict[str, Callable] = {}
-for _module in (elementwise, conv, pool, layers, reduce, tensor, sequence, quantize, resize, rnn, control):
+for _module in (elementwise, conv, pool, layers, reduce, tensor, sequence, quantize, resize, rnn, control,
+                detection):
     SUPPORTED_OPS.update(_module.OPS)
 
 # outputs an implementation computes, where more than one (None: as many as the node names)
