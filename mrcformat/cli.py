@@ -429,11 +429,14 @@ def _budgets(text: str) -> list[str]:
 @click.option("--sequence-length", type=click.IntRange(1, None),
               help="With --state: steps per calibration sequence (default: all feeds form one sequence).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
+@click.option("--steps", default=0, show_default=True, type=click.IntRange(0, None),
+              help="N > 0: then N steps of MIRACLE training from the post-training file (needs torch; "
+                   "mrcformat.encode.onnx_finetune), matching the original's outputs on the calibration inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report(s) as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compress(model: str, budget: str | None, budgets: str | None, calibration: str, output: str, index_bits: int,
              importance: str, max_feeds: int, importance_feeds: int, min_elements: int, state_pairs: tuple[str, ...],
-             sequence_length: int | None, seed: int, as_json: bool, quiet: bool) -> None:
+             sequence_length: int | None, seed: int, steps: int, as_json: bool, quiet: bool) -> None:
     """Compress an ONNX model (MODEL.onnx) into a .mrc file, without training.
 
     Weights are coded wherever they live (initializers, Constant nodes, If/Loop/Scan bodies); the graph
@@ -462,6 +465,8 @@ def compress(model: str, budget: str | None, budgets: str | None, calibration: s
         state[inp] = out
     if sequence_length is not None and not state:
         _fail("--sequence-length needs --state")
+    if steps and (budgets is not None or state):
+        _fail("--steps works with one --budget and without --state")
     opts = dict(index_bits=index_bits, seed=seed)
     try:
         an = oc.analyse(model, calibration, importance=importance, min_elements=min_elements, max_feeds=max_feeds,
@@ -469,6 +474,17 @@ def compress(model: str, budget: str | None, budgets: str | None, calibration: s
                         sequence_length=sequence_length, progress=not quiet)
         for note in an.notes:
             click.echo(f"note: {note}", err=True)
+        if budget is not None and steps:
+            from .encode.onnx_finetune import finetune_onnx
+
+            tuned = finetune_onnx(an, output, budget, steps=steps, progress=not quiet, **opts)
+            if as_json:
+                click.echo(json.dumps({**{k: v for k, v in dataclasses.asdict(tuned).items()
+                                          if k not in ("post_training", "history")},
+                                       "post_training": dataclasses.asdict(tuned.post_training)}, indent=2))
+            else:
+                click.echo(f"wrote {tuned.output}: {tuned.summary()}")
+            return
         if budget is not None:
             reports = [oc.compress_onnx(an, output, budget, progress=not quiet, **opts)]
         else:

@@ -15,7 +15,7 @@ from mrcformat.encode.digest import state_digest  # noqa: E402
 from mrcformat.encode.distill import Distillation  # noqa: E402
 from mrcformat.encode.graph_check import GraphCheckError, _with_tensors, export_checked  # noqa: E402
 from mrcformat.encode.layers import VariationalLinear, fast_layer_class, make_variational  # noqa: E402
-from mrcformat.encode.selection import CodeRule  # noqa: E402
+from mrcformat.encode.selection import CodeRule, coded_specs  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -119,8 +119,8 @@ def test_distillation_on_tuple_outputs_is_nonzero_and_decreases():
     # the one-channel sigmoid map alone is not silently 0 either
     only_map = Distillation(teacher, weight=1.0, divergence={"output": lambda s, t: s.sum() * 0})
     only_map.prepare(x)
-    assert float(only_map.soft_loss(student(x), x)) > 0
-    assert float(d.soft_loss(teacher(x), x)) == pytest.approx(0.0, abs=1e-5)   # zero at the teacher
+    assert float(only_map.soft_loss(student(x), x).detach()) > 0
+    assert float(d.soft_loss(teacher(x), x).detach()) == pytest.approx(0.0, abs=1e-5)   # zero at the teacher
 
 
 def test_a_divergence_that_cannot_work_is_refused_before_training():
@@ -185,6 +185,10 @@ def test_code_rule_chooses_parameters_by_size_and_name():
         ("4", ["4.weight"])]
     only_lstm = coded_layer_specs(model, "raw", rule=lambda name, p: name.startswith("3."))
     assert [m for s in only_lstm for m, _ in s.members] == ["3.weight_ih_l0", "3.weight_hh_l0"]
+    per_tensor = coded_layer_specs(model, "coded", hashing={"3.weight_ih_l0": 2.0}, rule=rule)
+    assert [(s.name, s.hash_ratio) for s in coded_specs(model, "coded", {"3.weight_ih_l0": 2.0}, rule, "tensor")] == [
+        ("0.weight", 1.0), ("0.bias", 1.0), ("1.weight", 1.0), ("3.weight_ih_l0", 2.0), ("4.weight", 1.0)]
+    assert [s.name for s in per_tensor] == ["0", "1", "3", "4"]
 
 
 class Mixed(nn.Module):
@@ -323,7 +327,8 @@ def test_streaming_state_in_and_out(tmp_path):
     model = Streaming()
     loader = DataLoader(_Chunks(), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
     result = compress(model, loader, 200, index_bits=8, steps=20, retrain_steps=1, blocks_per_round=16,
-                      progress=False)
+                      progress=False, graph_deflate=True)
+    assert result.container.version == (1, 1) and result.container.graph_deflate
     assert {t.name for t in result.container.tensors if t.encoding == "coded"} == {
         "cell.weight_ih", "cell.weight_hh", "cell.bias_ih", "cell.bias_hh"}
     result.save(tmp_path / "s.mrc")

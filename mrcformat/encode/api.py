@@ -24,6 +24,7 @@ ONNX graph without weight data, exported and checked in onnxruntime before train
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -152,7 +153,8 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
              loss_fn=None, batch_transform=None, teacher: nn.Module | None = None,
              distill_temperature: float = 4.0, distill_weight: float = 0.9, coding_group="auto",
              code=None, labels: bool | None = None, divergence="auto", dynamic_axes: dict | None = None,
-             check_graph: bool = True, **train_options) -> CompressResult | None:
+             check_graph: bool = True, graph_deflate: bool = False, graph: bytes | None = None,
+             group_by: str = "module", **train_options) -> CompressResult | None:
     """Compress `model` (weights are the starting point) with MIRACLE into `budget_bytes` of indices.
 
     Args:
@@ -192,6 +194,10 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
             named "input", "input1", ... (keyword inputs by their keys), outputs as
             `signature.named_leaves` says ("output", "output1", ..., dict keys).
         check_graph: run the exported graph in onnxruntime against the model before training.
+        graph_deflate: store the graph zlib-compressed (SPEC 1.1; a 1.0 reader cannot read the file).
+        graph: a ready architecture graph for the file instead of the export (the caller answers for it
+            reading the file's tensor names; `onnx_finetune` passes the original ONNX graph).
+        group_by: "module" (a group per module) or "tensor" (a group per coded parameter).
         batch_transform: (x, generator) -> x applied to every training batch, e.g. data augmentation
             (`augment.RandomShift`); its repr is part of the run's settings (checkpoints).
         teacher: a network whose outputs the compressed one learns (knowledge distillation,
@@ -218,7 +224,7 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
     seed = int(cfg.seed) & ((1 << 64) - 1)
     torch.manual_seed(cfg.seed)
 
-    specs = coded_specs(model, biases, hashing, code)
+    specs = coded_specs(model, biases, hashing, code, group_by)
     if not specs:
         raise ValueError(f"no parameter of the model is coded under {code or CodeRule()!r}: lower min_size or "
                          "name the parameters to code")
@@ -249,8 +255,9 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
     settings["code"] = repr(code)
     settings["dynamic_axes"] = repr(dynamic_axes)
     # the architecture is fixed (exported and run in onnxruntime) before any training
-    graph = None
-    if not worker:
+    settings["graph"] = hashlib.sha256(graph).hexdigest()[:16] if graph is not None else "export"
+    settings["group_by"] = group_by
+    if graph is None and not worker:
         checks = () if batch_size(inputs0) == batch_size(example_input) else (inputs0,)
         try:
             import mrcformat_runtime.graph  # noqa: F401
@@ -323,7 +330,8 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
     meta = {"encoder": "mrcformat.encode", "method": method, "budget_bytes": str(budget_bytes),
             "index_bits": str(index_bits)}
     meta.update(metadata or {})
-    container = Container(seed=seed, groups=groups, tensors=tensors, graph=graph, metadata=meta)
+    container = Container(seed=seed, groups=groups, tensors=tensors, graph=graph, metadata=meta,
+                          **({"version": (1, 1), "graph_deflate": True} if graph_deflate and graph is not None else {}))
     with torch.no_grad():
         final = {name: mean.detach().cpu().clone() for p in trainer.posteriors
                  for name, (mean, _) in p.member_moments().items()}

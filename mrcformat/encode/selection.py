@@ -56,12 +56,20 @@ def _is_bias(attr: str) -> bool:
     return attr.startswith("bias")
 
 
+def _ratio(hashing: float | dict | None, name: str) -> float:
+    return hashing.get(name, 1.0) if isinstance(hashing, dict) else float(hashing or 1.0)
+
+
 def coded_specs(model: nn.Module, biases: str = "coded", hashing: float | dict | None = None,
-                rule: Rule | None = None) -> list[GroupSpec]:
+                rule: Rule | None = None, group_by: str = "module") -> list[GroupSpec]:
     """The groups of `model` under `rule` (default `CodeRule()`) and `biases` (see the module doc).
 
-    hashing: weights per coded value, one ratio or {group name (module path): ratio}.
+    hashing: weights per coded value, one ratio or {group name: ratio}. group_by: "module" (one group
+    per module, named by its path) or "tensor" (one per coded parameter, named by it: for modules that
+    hold unrelated tensors, such as a converted ONNX graph's weight store).
     """
+    if group_by not in ("module", "tensor"):
+        raise ValueError(f"group_by must be 'module' or 'tensor', not {group_by!r}")
     if biases not in BIASES:
         raise ValueError(f"biases must be one of {BIASES}, not {biases!r}")
     rule = CodeRule() if rule is None else rule
@@ -80,8 +88,11 @@ def coded_specs(model: nn.Module, biases: str = "coded", hashing: float | dict |
         bias = {name for name, attr, _ in own if _is_bias(attr) and not excluded(name)}
         members = [(name, tuple(p.shape)) for name, _, p in own
                    if name in weights or (biases == "coded" and name in bias)]
-        ratio = hashing.get(path, 1.0) if isinstance(hashing, dict) else float(hashing or 1.0)
-        specs.append(GroupSpec(path or "model", members, ratio))
+        if group_by == "tensor":      # a bias is never hashed
+            specs.extend(GroupSpec(name, [(name, shape)], _ratio(hashing, name) if name in weights else 1.0)
+                         for name, shape in members)
+        else:
+            specs.append(GroupSpec(path or "model", members, _ratio(hashing, path)))
         if biases == "separate":
             specs.extend(GroupSpec(name, [(name, tuple(p.shape))], 1.0) for name, _, p in own if name in bias)
     return specs

@@ -1,0 +1,73 @@
+"""MIRACLE training for ONNX models from their post-training file (`onnx_finetune`, `mrc compress --steps`)."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from click.testing import CliRunner  # noqa: E402
+from torch import nn  # noqa: E402
+
+import mrcformat  # noqa: E402
+from mrcformat.cli import main  # noqa: E402
+from mrcformat.encode.onnx_compress import analyse  # noqa: E402
+from mrcformat.encode.onnx_finetune import finetune_onnx  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("onnx")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.PReLU(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    path = d / "tiny.onnx"
+    torch.onnx.export(model, torch.randn(1, 3, 8, 8), str(path), dynamo=False, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    feeds = [{"x": np.random.default_rng(i).normal(size=(2, 3, 8, 8)).astype(np.float32)} for i in range(8)]
+    calib = d / "calib"
+    calib.mkdir()
+    for i, f in enumerate(feeds):
+        np.savez(calib / f"{i}.npz", **f)
+    return path, feeds, calib
+
+
+def test_finetuned_file_keeps_the_graph_and_codes_the_same_tensors(tiny, tmp_path):
+    from mrcformat_runtime.ort import session
+
+    path, feeds, _ = tiny
+    an = analyse(str(path), feeds, progress=False)
+    out = tmp_path / "ft.mrc"
+    r = finetune_onnx(an, out, "3bpw", steps=30, index_bits=8, retrain_steps=1, blocks_per_round=64, progress=False)
+    assert mrcformat.validate_file(out) == []
+    c = mrcformat.load(out)
+    assert {t.name for t in c.tensors} == {s.name for s in an.sites} and all(t.encoding == "coded" for t in c.tensors)
+    assert r.payload_bytes <= r.post_training.payload_bytes and r.file_bytes == out.stat().st_size
+    assert np.isfinite(r.measured_distortion) and r.measured_distortion < 4 * max(r.post_training.measured_distortion, 1e-3)
+    assert r.history and r.history[0]["nll"] > 0
+    sess = session(out)
+    x = np.random.default_rng(99).normal(size=(5, 3, 8, 8)).astype(np.float32)
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = sess.run(None, {"x": x})[0]
+    assert got.shape == want.shape == (5, 5)
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.8       # still the original's function, roughly
+
+
+def test_cli_steps_runs_miracle_after_post_training(tiny, tmp_path):
+    path, _, calib = tiny
+    out = tmp_path / "cli.mrc"
+    res = CliRunner().invoke(main, ["compress", str(path), "--budget", "3bpw", "--calibration", str(calib), "-o",
+                                    str(out), "--index-bits", "8", "--steps", "10", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "after 10 MIRACLE steps" in res.output and mrcformat.validate_file(out) == []
+    res = CliRunner().invoke(main, ["compress", str(path), "--budgets", "2bpw,3bpw", "--calibration", str(calib), "-o",
+                                    str(tmp_path / "sweep"), "--steps", "10", "--quiet"])
+    assert res.exit_code != 0 and "--steps works with one --budget" in res.output
