@@ -155,6 +155,13 @@ class _Map:
         return v
 
 
+def _entry(obj, where: str) -> _Map:
+    """An entry of `groups`, `tensors` or `sections`: a map, else field-type at the entry."""
+    if not isinstance(obj, dict):
+        raise Reject("field-type", where)
+    return _Map(obj, where)
+
+
 def _sigma_ok(bits: int) -> bool:
     exp, man = ((bits >> 7) & 0xFF) - 127, bits & 0x7F
     return not bits & 0x8000 and exp >= -64 and (exp < 64 or (exp == 64 and man == 0))
@@ -197,10 +204,7 @@ def _fields(h: dict, minor: int):
             raise Reject("field-value", "graph_size")
     gs = []
     for gi, g in enumerate(groups):
-        where = f"groups[{gi}]"
-        if not isinstance(g, dict):
-            raise Reject("field-type", where)
-        f = _Map(g, where)
+        f = _entry(g, f"groups[{gi}]")
         f.unknown(GROUP + (("scales",) if v11 else ()), strict)
         mu = f.int("mu", 0, 2**32 - 1)
         if (mu >> 23) & 0xFF == 0xFF:
@@ -230,10 +234,7 @@ def _fields(h: dict, minor: int):
         gs.append({"mu": mu, "sigma": sigma, "B": bsz, "w": bits, "n": n, "hashing": hashing, "scales": scales})
     ts, names = [], set()
     for ti, t in enumerate(tensors):
-        where = f"tensors[{ti}]"
-        if not isinstance(t, dict):
-            raise Reject("field-type", where)
-        f = _Map(t, where)
+        f = _entry(t, f"tensors[{ti}]")
         enc = f.get("encoding", lambda v: isinstance(v, str))
         if enc not in ("coded", "raw"):
             raise Reject("unknown-encoding", f.at("encoding"))
@@ -252,9 +253,9 @@ def _fields(h: dict, minor: int):
             raise Reject("limit", f.at("shape"))
         for k, d in enumerate(shape):
             if not _is_int(d):
-                raise Reject("field-type", f"{where}.shape[{k}]")
+                raise Reject("field-type", f"{f.path}.shape[{k}]")
             if not 0 <= d <= 2**31 - 1:
-                raise Reject("shape", f"{where}.shape[{k}]")
+                raise Reject("shape", f"{f.path}.shape[{k}]")
         numel = math.prod(shape)
         if numel > 2**31 - 1:
             raise Reject("shape", f.at("shape"))
@@ -268,10 +269,7 @@ def _fields(h: dict, minor: int):
                        "section": f.int("section")})
     ss = []
     for si, s in enumerate(sections):
-        where = f"sections[{si}]"
-        if not isinstance(s, dict):
-            raise Reject("field-type", where)
-        f = _Map(s, where)
+        f = _entry(s, f"sections[{si}]")
         f.unknown(SECTION, strict)
         kind = f.get("kind", lambda v: isinstance(v, str))
         if kind not in KINDS:
