@@ -8,7 +8,10 @@ block coding and `.mrc` output.
     from mrcformat.encode import compress_onnx            # an .onnx file + calibration inputs, no training
     report = compress_onnx("model.onnx", "model.mrc", budget="64KiB", calibration="calib/")
 
-Training (torch): `layers` (variational Linear/Conv2d), `lambertw` (Mean-KL variance recovery),
+Training (torch): `selection` (which parameters are coded, their groups), `signature` (inputs,
+batches and nested outputs of any model), `graph_check` (the architecture graph, exported and run in
+onnxruntime before training), `onnx_finetune` (MIRACLE from a post-training file of an ONNX model),
+`layers` (variational Linear/Conv2d, generic coded parameters), `lambertw` (Mean-KL variance recovery),
 `posterior` (q, p and coded state of a group), `kl_control` (Mean-Var per-block beta),
 `blocks` (groups, block sizes, layouts), `allocate` (learned rate allocation), `coding`
 (candidate scoring and choice), `train` (the MIRACLE loop, checkpoints), `refine` (index
