@@ -911,3 +911,35 @@ def test_non_max_suppression(center, limit, iou, score):
         inits["st"] = np.array([score], np.float32)
         ins.append("st")
     check([node("NonMaxSuppression", ins, center_point_box=center)], {"b": boxes, "s": scores}, inits, exact=True)
+
+
+_DFT_CASES = [({}, None, 17), ({"onesided": 1}, None, 17), ({"inverse": 1}, None, 17), ({"axis": 2}, 12, 17),
+              ({}, 7, 20)]
+
+
+@pytest.mark.parametrize("kw, length, opset, complex_in",
+                         [(*c, False) for c in _DFT_CASES] + [(*c, True) for c in _DFT_CASES if "onesided" not in c[0]])
+def test_dft(kw, length, opset, complex_in):  # onesided is defined for real input only
+    x = f32(2, 10, 6, 2 if complex_in else 1)
+    ins, inits = ["x"], {}
+    if length is not None:
+        ins.append("n")
+        inits["n"] = np.array(length, np.int64)
+    if opset >= 20:
+        ins += ["", "ax"][len(ins) - 1:] if length is None else ["ax"]
+        inits["ax"] = np.array(-2, np.int64)
+    check([node("DFT", ins, **kw)], {"x": x}, inits, opset=opset, rtol=1e-5, atol=5e-5)
+
+
+@pytest.mark.parametrize("window, onesided", [(True, 1), (True, 0), (False, 1)])
+def test_stft(window, onesided):
+    sig = f32(2, 64, 1)
+    inits = {"step": np.array(8, np.int64)}
+    ins = ["x", "step"]
+    if window:
+        inits["w"] = np.hanning(16).astype(np.float32)
+        ins.append("w")
+    else:
+        inits["len"] = np.array(16, np.int64)
+        ins += ["", "len"]
+    check([node("STFT", ins, onesided=onesided)], {"x": sig}, inits, opset=17, rtol=1e-5, atol=5e-5)

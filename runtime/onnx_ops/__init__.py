@@ -7,7 +7,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import control, conv, detection, elementwise, layers, pool, quantize, reduce, resize, rnn, sequence, tensor
+from . import (
+    control,
+    conv,
+    detection,
+    elementwise,
+    layers,
+    pool,
+    quantize,
+    reduce,
+    resize,
+    rnn,
+    sequence,
+    spectral,
+    tensor,
+)
 from .common import Attrs, Unsupported, UnsupportedOnnxError, onnx_dtype_to_torch, tensor_from_proto
 
 __all__ = ["MAX_OUTPUTS", "SUPPORTED_OPS", "Attrs", "Unsupported", "UnsupportedOnnxError", "onnx_dtype_to_torch",
@@ -15,7 +29,7 @@ __all__ = ["MAX_OUTPUTS", "SUPPORTED_OPS", "Attrs", "Unsupported", "UnsupportedO
 
 SUPPORTED_OPS: dict[str, Callable] = {}
 for _module in (elementwise, conv, pool, layers, reduce, tensor, sequence, quantize, resize, rnn, control,
-                detection):
+                detection, spectral):
     SUPPORTED_OPS.update(_module.OPS)
 
 # outputs an implementation computes, where more than one (None: as many as the node names)
