@@ -943,3 +943,12 @@ def test_stft(window, onesided):
         inits["len"] = np.array(16, np.int64)
         ins += ["", "len"]
     check([node("STFT", ins, onesided=onesided)], {"x": sig}, inits, opset=17, rtol=1e-5, atol=5e-5)
+
+
+@pytest.mark.parametrize("sort", [1, 0])
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_unique(sort, axis):
+    x = np.array([[2, 1, 2], [3, 1, 3], [2, 1, 2], [0, 5, 0]], np.float32)
+    kw = {} if axis is None else {"axis": axis}
+    outs = ["y", "first", "inverse", "counts"]
+    check([node("Unique", ["x"], outs, sorted=sort, **kw)], {"x": x}, outputs=outs, exact=True)

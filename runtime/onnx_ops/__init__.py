@@ -35,5 +35,5 @@ for _module in (elementwise, conv, pool, layers, reduce, tensor, sequence, quant
 # outputs an implementation computes, where more than one (None: as many as the node names)
 MAX_OUTPUTS: dict[str, int | None] = {
     "Split": None, "If": None, "Loop": None, "Scan": None, "TopK": 2, "MaxPool": 2, "Dropout": 2,
-    "LSTM": 3, "GRU": 2, "RNN": 2,
+    "LSTM": 3, "GRU": 2, "RNN": 2, "Unique": 4,
 }

@@ -370,8 +370,28 @@ def _reverse_sequence(a):
     return fn
 
 
+def _unique(a):
+    axis, sort = a.get("axis"), bool(a.get("sorted", 1))
+
+    def fn(x):
+        flat = x.reshape(-1) if axis is None else x
+        dim = None if axis is None else norm_axis(a, axis, x.dim())
+        y, inverse, counts = torch.unique(flat, sorted=True, return_inverse=True, return_counts=True, dim=dim)
+        n = flat.shape[0 if dim is None else dim]
+        first = torch.full((y.shape[0 if dim is None else dim],), n, dtype=torch.int64, device=x.device)
+        first = first.scatter_reduce(0, inverse, torch.arange(n, device=x.device), "amin")
+        if not sort:  # in order of first occurrence
+            order = torch.argsort(first)
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(order.numel(), device=x.device)
+            y = y.index_select(0 if dim is None else dim, order)
+            first, counts, inverse = first[order], counts[order], rank[inverse]
+        return y, first, inverse, counts
+    return fn
+
+
 OPS = {
-    "Compress": _compress, "ReverseSequence": _reverse_sequence,
+    "Unique": _unique, "Compress": _compress, "ReverseSequence": _reverse_sequence,
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze, "Concat": _concat, "Split": _split, "Slice": _slice, "Gather": _gather,
     "GatherElements": _gather_elements, "GatherND": _gather_nd, "ScatterElements": _scatter_elements,
