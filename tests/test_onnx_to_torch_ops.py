@@ -54,7 +54,7 @@ def run_both(nodes, feeds: dict, inits: dict | None = None, outputs: list[str] |
     if reference:
         from onnx.reference import ReferenceEvaluator
 
-        want = [np.asarray(w) for w in ReferenceEvaluator(m).run(None, feeds)]
+        want = [np.ascontiguousarray(w) for w in ReferenceEvaluator(m).run(None, feeds)]
     else:
         sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
         want = sess.run(None, feeds)
@@ -952,3 +952,39 @@ def test_unique(sort, axis):
     kw = {} if axis is None else {"axis": axis}
     outs = ["y", "first", "inverse", "counts"]
     check([node("Unique", ["x"], outs, sorted=sort, **kw)], {"x": x}, outputs=outs, exact=True)
+
+
+def test_more_small_ops():
+    a, b = np.array([12, -7, 255, 0], np.int32), np.array([10, 3, 15, -1], np.int32)
+    for op in ("BitwiseAnd", "BitwiseOr", "BitwiseXor"):
+        check([node(op, ["a", "b"])], {"a": a, "b": b}, exact=True)
+    check([node("BitwiseNot", ["a"])], {"a": a}, exact=True)
+    for p in (1, 2):
+        check([node("LpNormalization", ["x"], axis=1, p=p)], {"x": f32(3, 4, 2)})
+    check([node("Det", ["x"])], {"x": f32(2, 3, 3)}, rtol=1e-5, atol=1e-5)
+    check([node("EyeLike", ["x"], k=1)], {"x": f32(3, 5)}, exact=True)
+    check([node("EyeLike", ["x"], k=-2, dtype=TensorProto.INT64)], {"x": f32(4, 3)}, exact=True)
+    check([node("CenterCropPad", ["x", "s"])], {"x": f32(5, 4, 3)}, {"s": i64(3, 7, 3)}, exact=True)
+    check([node("CenterCropPad", ["x", "s"], axes=[-1, 0])], {"x": f32(5, 4, 3)}, {"s": i64(6, 2)}, exact=True)
+    q = _rng(4).integers(0, 255, (3, 4)).astype(np.uint8)
+    w = _rng(5).integers(0, 255, (4, 2)).astype(np.uint8)
+    check([node("MatMulInteger", ["q", "w", "qz", "wz"])], {"q": q, "w": w},
+          {"qz": np.array(12, np.uint8), "wz": np.array([3, 200], np.uint8)}, exact=True)
+
+
+@pytest.mark.parametrize("op", ["HannWindow", "HammingWindow", "BlackmanWindow"])
+@pytest.mark.parametrize("periodic", [0, 1])
+def test_windows(op, periodic):
+    check([node(op, ["n"], periodic=periodic)], {}, {"n": np.array(10, np.int64)}, opset=17, atol=1e-6)
+
+
+@pytest.mark.parametrize("excl, rev", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_cumprod_against_the_spec(excl, rev):  # onnxruntime 1.32 has no CumProd kernel yet
+    check([node("CumProd", ["x", "ax"], exclusive=excl, reverse=rev)], {"x": f32(3, 5, lo=0.5, hi=1.5)},
+          {"ax": np.array(1, np.int64)}, opset=26, reference=True)
+
+
+def test_swish_and_rms_norm_against_the_spec():
+    check([node("Swish", ["x"], alpha=0.7)], {"x": f32(3, 7)}, opset=24, reference=True)
+    check([node("RMSNormalization", ["x", "s"], axis=1)], {"x": f32(2, 3, 4)}, {"s": f32(3, 4, seed=1)}, opset=23,
+          reference=True)

@@ -91,8 +91,15 @@ def _round(x):
     return torch.round(x)  # half to even, as ONNX Round
 
 
+def _swish(a):
+    alpha = a.get("alpha", 1.0)
+    return lambda x: x * torch.sigmoid(alpha * x)
+
+
 OPS = {
-    "Identity": unary(lambda x: x),
+    "Identity": unary(lambda x: x), "Swish": _swish,
+    "BitwiseAnd": binary(torch.bitwise_and), "BitwiseOr": binary(torch.bitwise_or),
+    "BitwiseXor": binary(torch.bitwise_xor), "BitwiseNot": unary(torch.bitwise_not),
     "Relu": unary(torch.relu), "Sigmoid": unary(torch.sigmoid), "Tanh": unary(torch.tanh),
     "Exp": unary(torch.exp), "Log": unary(torch.log), "Sqrt": unary(torch.sqrt), "Neg": unary(torch.neg),
     "Abs": unary(torch.abs), "Erf": unary(torch.erf), "Reciprocal": unary(torch.reciprocal),

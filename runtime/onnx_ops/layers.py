@@ -86,7 +86,41 @@ def _mvn(a):
     return fn
 
 
+def _lp_norm(a):
+    axis, p = a.get("axis", -1), a.get("p", 2)
+    if p not in (1, 2):
+        raise a.error(f"p must be 1 or 2, not {p}")
+
+    def fn(x):
+        norm = x.abs().sum(dim=axis, keepdim=True) if p == 1 else torch.sqrt((x * x).sum(dim=axis, keepdim=True))
+        return x / norm
+    return fn
+
+
+def _rms_norm(a):
+    axis, eps = a.get("axis", -1), a.get("epsilon", 1e-5)
+
+    def fn(x, scale):
+        ax = axis % x.dim()
+        dims = tuple(range(ax, x.dim()))
+        return x / torch.sqrt((x * x).mean(dim=dims, keepdim=True) + eps) * scale
+    return fn
+
+
+def _matmul_integer(a):
+    def fn(x, w, xz=None, wz=None):
+        xi, wi = x.to(torch.int32), w.to(torch.int32)
+        if xz is not None:
+            xi = xi - (xz.to(torch.int32).reshape(-1, 1) if xz.numel() > 1 else xz.to(torch.int32).reshape(()))
+        if wz is not None:
+            wi = wi - wz.to(torch.int32).reshape(-1) if wz.numel() > 1 else wi - wz.to(torch.int32).reshape(())
+        return torch.matmul(xi.to(torch.int64), wi.to(torch.int64)).to(torch.int32)
+    return fn
+
+
 OPS = {
+    "LpNormalization": _lp_norm, "RMSNormalization": _rms_norm, "MatMulInteger": _matmul_integer,
+    "Det": lambda a: (lambda x: torch.linalg.det(x)),
     "MeanVarianceNormalization": _mvn,
     "Gemm": _gemm, "MatMul": binary(torch.matmul), "Einsum": _einsum, "BatchNormalization": _batchnorm,
     "InstanceNormalization": _instancenorm, "LayerNormalization": _layernorm, "GroupNormalization": _groupnorm,

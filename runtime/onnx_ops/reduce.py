@@ -97,17 +97,20 @@ def _topk(a):
     return fn
 
 
-def _cumsum(a):
-    exclusive, reverse = a.get("exclusive", 0), a.get("reverse", 0)
+def _cumulative(op: str):
+    def build(a):
+        exclusive, reverse = a.get("exclusive", 0), a.get("reverse", 0)
 
-    def fn(x, axis):
-        ax = int(axis.reshape(-1)[0].item()) % x.dim()
-        y = x.flip(ax) if reverse else x
-        c = torch.cumsum(y, dim=ax)
-        if exclusive:
-            c = c - y
-        return c.flip(ax) if reverse else c
-    return fn
+        def fn(x, axis):
+            ax = int(axis.reshape(-1)[0].item()) % x.dim()
+            y = x.flip(ax) if reverse else x
+            if exclusive:  # shift by one along the axis, the identity element first
+                fill = torch.zeros_like if op == "sum" else torch.ones_like
+                y = torch.cat([fill(y.narrow(ax, 0, 1)), y.narrow(ax, 0, y.shape[ax] - 1)], dim=ax)
+            c = torch.cumsum(y, dim=ax) if op == "sum" else torch.cumprod(y, dim=ax)
+            return c.flip(ax) if reverse else c
+        return fn
+    return build
 
 
 OPS = {
@@ -116,5 +119,6 @@ OPS = {
     "ReduceL1": _reduce(_l1), "ReduceL2": _reduce(_l2), "ReduceLogSum": _reduce(_log_sum),
     "ReduceLogSumExp": _reduce(_log_sum_exp),
     "Softmax": _softmax(torch.softmax), "LogSoftmax": _softmax(torch.log_softmax), "Hardmax": _softmax(_hardmax),
-    "ArgMax": _arg(torch.argmax), "ArgMin": _arg(torch.argmin), "TopK": _topk, "CumSum": _cumsum,
+    "ArgMax": _arg(torch.argmax), "ArgMin": _arg(torch.argmin), "TopK": _topk, "CumSum": _cumulative("sum"),
+    "CumProd": _cumulative("prod"),
 }

@@ -2,8 +2,12 @@
 ([..., 2]) inputs, computed with torch.fft (differentiable)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from .common import onnx_dtype_to_torch
 
 __all__ = ["OPS"]
 
@@ -71,4 +75,26 @@ def _stft(a):
     return fn
 
 
-OPS = {"DFT": _dft, "STFT": _stft}
+def _window(kind: str):
+    def build(a):
+        periodic = bool(a.get("periodic", 1))
+        dt = onnx_dtype_to_torch(a.get("output_datatype", 1))
+
+        def fn(size):
+            n = int(size.reshape(-1)[0].item())
+            period = n if periodic else n - 1
+            k = torch.arange(n, dtype=torch.float64)
+            c = 2 * math.pi * k / period if period > 0 else torch.zeros(n, dtype=torch.float64)
+            if kind == "hann":
+                w = 0.5 - 0.5 * torch.cos(c)
+            elif kind == "hamming":
+                w = 25 / 46 - (21 / 46) * torch.cos(c)
+            else:
+                w = 0.42 - 0.5 * torch.cos(c) + 0.08 * torch.cos(2 * c)
+            return w.to(dt)
+        return fn
+    return build
+
+
+OPS = {"DFT": _dft, "STFT": _stft, "HannWindow": _window("hann"), "HammingWindow": _window("hamming"),
+       "BlackmanWindow": _window("blackman")}

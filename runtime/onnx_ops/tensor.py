@@ -390,7 +390,38 @@ def _unique(a):
     return fn
 
 
+def _eye_like(a):
+    k = a.get("k", 0)
+
+    def fn(x):
+        dt = onnx_dtype_to_torch(a["dtype"]) if "dtype" in a else x.dtype
+        rows, cols = x.shape
+        i = torch.arange(rows, device=x.device)[:, None]
+        j = torch.arange(cols, device=x.device)[None, :]
+        return (j - i == k).to(dt)
+    return fn
+
+
+def _center_crop_pad(a):
+    axes_attr = a.get("axes")
+
+    def fn(x, shape):
+        target = ints(shape)
+        axes = [norm_axis(a, d, x.dim()) for d in axes_attr] if axes_attr is not None else list(range(x.dim()))
+        for d, t in zip(axes, target):
+            size = x.shape[d]
+            if t < size:
+                x = x.narrow(d, (size - t) // 2, t)
+            elif t > size:
+                before = (t - size) // 2
+                pads = [0, 0] * (x.dim() - 1 - d) + [before, t - size - before]
+                x = F.pad(x, pads)
+        return x
+    return fn
+
+
 OPS = {
+    "EyeLike": _eye_like, "CenterCropPad": _center_crop_pad,
     "Unique": _unique, "Compress": _compress, "ReverseSequence": _reverse_sequence,
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze, "Concat": _concat, "Split": _split, "Slice": _slice, "Gather": _gather,
