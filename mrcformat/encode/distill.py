@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .digest import state_digest
-from .signature import call, named_leaves
+from .signature import call, named_leaves, to_device
 
 __all__ = ["DIVERGENCES", "Distillation"]
 
@@ -126,7 +126,8 @@ class Distillation:
         """Fix each output's divergence from the teacher's outputs on `inputs` (and check that it
         can work); returns {output name: divergence}. Called before training, so that an output
         the divergence cannot handle fails at once and a resumed run chooses the same."""
-        leaves = _float_leaves(call(self.teacher, inputs))
+        device = next(iter(self.teacher.parameters()), torch.empty(0)).device
+        leaves = _float_leaves(call(self.teacher, to_device(inputs, device)))
         if not leaves:
             raise ValueError("the model has no floating-point output to learn from")
         if isinstance(self.divergence, dict):
