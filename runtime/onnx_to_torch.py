@@ -156,6 +156,8 @@ def _fold_size(op_type: str, args: list) -> float:
     except Exception:  # noqa: BLE001  # malformed inputs: not folded; the step reports it at run time
         return math.inf
     return 0
+
+
 _STORE = "\x00store"  # env key of the module holding the weights (not a legal ONNX value name in practice)
 
 
