@@ -451,6 +451,8 @@ def graph_vectors() -> dict[str, tuple[bytes, str, object]]:
         "external_data_subgraph_constant": (graph_file(nested), "external-data", "sections[1]"),
         "graph_empty": (graph_file(b""), "graph", "sections[1]"),
         "graph_not_onnx": (graph_file(b"\xff" * 8), "graph", "sections[1]"),
+        "graph_model_without_graph": (graph_file(onnx.ModelProto(ir_version=8, producer_name="no graph").SerializeToString()),
+                                      "graph", "sections[1]"),
         "graph_undefined_input": (graph_file(onnx_model([helper.make_node("Add", ["w", "nowhere"], ["y"])])),
                                   "graph", "sections[1]"),
         "graph_initializer_clash": (graph_file(onnx_model([ident], initializer=[w_init])), "graph", "sections[1]"),
