@@ -988,3 +988,11 @@ def test_swish_and_rms_norm_against_the_spec():
     check([node("Swish", ["x"], alpha=0.7)], {"x": f32(3, 7)}, opset=24, reference=True)
     check([node("RMSNormalization", ["x", "s"], axis=1)], {"x": f32(2, 3, 4)}, {"s": f32(3, 4, seed=1)}, opset=23,
           reference=True)
+
+
+def test_optionals():
+    nodes = [helper.make_node("Optional", ["x"], ["o"]), helper.make_node("OptionalHasElement", ["o"], ["h"]),
+             helper.make_node("OptionalGetElement", ["o"], ["y"])]
+    check(nodes, {"x": f32(2, 3)}, outputs=["h", "y"], exact=True)
+    empty = helper.make_node("Optional", [], ["e"], type=helper.make_tensor_type_proto(TensorProto.FLOAT, None))
+    check([empty, helper.make_node("OptionalHasElement", ["e"], ["h"])], {}, outputs=["h"], exact=True)

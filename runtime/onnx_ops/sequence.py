@@ -1,5 +1,6 @@
 """Sequence operators (lists of tensors, as exporters emit around Loop): construct, insert, erase, index,
-length, split into and concatenate from sequences. A sequence is a Python list of tensors here."""
+length, split into and concatenate from sequences, and optionals. A sequence is a Python list of
+tensors here, an empty optional is None."""
 from __future__ import annotations
 
 import torch
@@ -61,7 +62,16 @@ def _sequence_empty(a):
     return list
 
 
+def _optional(a):
+    if "type" in a and not len(a.get("type").ListFields()):
+        raise a.error("Optional with an empty type")
+    return lambda x=None: x
+
+
 OPS = {
+    "Optional": _optional,
+    "OptionalHasElement": lambda a: (lambda x=None: torch.tensor(x is not None)),
+    "OptionalGetElement": lambda a: (lambda x=None: x),
     "SequenceConstruct": lambda a: (lambda *xs: list(xs)),
     "SequenceEmpty": _sequence_empty,
     "SequenceAt": lambda a: (lambda seq, p: seq[_pos(p, len(seq))]),
