@@ -321,34 +321,28 @@ def _prefix(taken: set[str]) -> str:
 
 
 class _Segments:
-    """Per-element parameters of a run of concatenated per-group segments (the groups' calls, values or
-    weights, in group order), [1, total] each: `local` (the position within its own segment) and one row per
-    column, constant within a segment. All rows come from one CumSum over a [rows, total] matrix that holds
-    each row's step at every element (1 for `local`, 0 for the others) and, at each segment start, the jump
-    to that segment's value: a handful of nodes and passes over the data whatever the number of groups.
-    Float columns are gathered by the segment number. Groups with an empty segment are left out; a single
-    segment needs no per-element parameters at all (its columns are [1, 1] constants that broadcast)."""
+    """Per-element parameters of a run of concatenated segments (a batch's groups or pieces of groups, in
+    order), [1, total] each: `local` (the position within its own segment) and one row per column, constant
+    within a segment. All rows come from one CumSum over a [rows, total] matrix that holds each row's step at
+    every element (1 for `local`, 0 for the others) and, at each segment start, the jump to that segment's
+    value: a handful of nodes and passes over the data whatever the number of segments. Empty segments are
+    left out; a single segment needs no per-element rows at all (its columns are [1, 1] constants)."""
 
-    def __init__(self, dec: "_Decoder", lengths: list[int], columns: dict[str, list[int]],
-                 floats: dict[str, list[float]] | None = None):
+    def __init__(self, dec: "_Decoder", lengths: list[int], columns: dict[str, list[int]]):
         b = dec.b
-        floats = floats or {}
         keep = [k for k, n in enumerate(lengths) if n > 0]
         total = int(sum(lengths))
         self.cols: dict[str, str] = {}
         if len(keep) == 1:
             self.local = b.unsq(b.op("Range", b.const(0), b.const(total), b.const(1)), 0)
-            for table, dtype in ((columns, np.int64), (floats, np.float32)):
-                for name, values in table.items():
-                    self.cols[name] = dec.init(np.array([[values[keep[0]]]], dtype=dtype))
+            for name, values in columns.items():
+                self.cols[name] = dec.init(np.array([[values[keep[0]]]], dtype=np.int64))
             return
         starts = np.cumsum([0] + [lengths[k] for k in keep])[:-1]
         rows = {"local": [0] + [1 - lengths[k] for k in keep[:-1]]}
         for name, values in columns.items():
             kept = [int(values[k]) for k in keep]
             rows[name] = [kept[0]] + [y - x for x, y in zip(kept, kept[1:])]
-        if floats:
-            rows["seg"] = [0] + [1] * (len(keep) - 1)
         steps = np.array([[1] if name == "local" else [0] for name in rows], dtype=np.int64)
         base = b.op("Expand", dec.init(steps), b.const([len(rows), total]))
         jumps = b.op("ScatterElements", base, dec.init(np.tile(starts.astype(np.int64), (len(rows), 1))),
@@ -356,10 +350,7 @@ class _Segments:
         out = b.op("Split", b.op("CumSum", jumps, b.const(1)), axis=0, num_outputs=len(rows), outs=len(rows))
         named = dict(zip(rows, out))
         self.local = named.pop("local")
-        seg = named.pop("seg", None)
         self.cols.update(named)
-        for name, values in floats.items():
-            self.cols[name] = b.op("Gather", dec.init(np.array([values[k] for k in keep], dtype=np.float32)), seg)
 
 
 class _Decoder:
