@@ -66,7 +66,7 @@ MODELS = {
         main="exact_match", main_label="exact-match rate vs the original's strings",
         second="cer", second_label="CER vs the original's strings", second_log=False,
         cols=["exact_match", "cer", "exact_match_gt_candidate", "cer_gt_candidate"],
-        thresholds=[0.9, 0.95, 0.99], analyse=dict(max_feeds=32, importance_feeds=8)),
+        thresholds=[0.9, 0.95, 0.99], analyse=dict(max_feeds=64, importance_feeds=16)),
 }
 
 
