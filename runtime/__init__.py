@@ -10,12 +10,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-__all__ = ["export", "load_into", "load_module", "load_state_dict", "regenerated_weights_model", "self_decoding_model",
-           "session", "to_onnx_model"]
+__all__ = ["export", "export_two_step", "load_into", "load_module", "load_state_dict", "regenerated_weights_model",
+           "self_decoding_model", "session", "to_onnx_model"]
 
 # public name -> (submodule, attribute)
 _LAZY = {
     "export": ("onnx_export", "export"),
+    "export_two_step": ("onnx_export", "export_two_step"),
     "to_onnx_model": ("onnx_export", "to_onnx_model"),
     "session": ("ort", "session"),
     "self_decoding_model": ("selfdecode", "self_decoding_model"),

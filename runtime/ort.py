@@ -25,9 +25,10 @@ Memory (measured with bench/peak_memory.py; onnxruntime 1.32, CPU):
 
 Why not simply open the self-decoding model (`selfdecode.self_decoding_model`) with default options:
 onnxruntime then constant-folds the decode at session creation and keeps every folded intermediate until
-the pass ends; at VGG-16 scale (15M weights) that took 22 s and 6.8 GB in bench/peak_memory.py, against
-about 2 s and 0.14 GB for the two-step load here. A standalone self-decoding .onnx shipped to a device
-folds the same way; the README shows the two-step pattern for large models.
+the pass ends; at VGG-16 scale (15M weights) that took 19.5 s and 3.5 GB (bench/results/device_open.md,
+a loaded machine), against 15.3 s and 0.37 GB for the two-step load here. A standalone self-decoding .onnx
+shipped to a device folds the same way; for large models ship `onnx_export.export_two_step`'s two files
+(README, "Shipping to a device").
 """
 from __future__ import annotations
 
