@@ -18,12 +18,7 @@ from mrcformat.encode.layers import VariationalLinear, fast_layer_class, make_va
 from mrcformat.encode.selection import CodeRule, coded_specs  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
 
 
 def _ort(graph: bytes, model: nn.Module, feeds: dict) -> list:

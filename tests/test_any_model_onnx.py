@@ -14,12 +14,7 @@ from mrcformat.encode.onnx_compress import analyse  # noqa: E402
 from mrcformat.encode.onnx_finetune import finetune_onnx  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,10 @@ def test_state_names_are_checked_and_candidates_suggested():
     sites, _ = find_weights(model, 16, 2)
     with pytest.raises(OnnxInputError, match="state h=stateN"):
         Probe(model, sites, feeds, state={"h": "stateN"})
+    with pytest.raises(OnnxInputError, match="cannot be fed back"):
+        Probe(model, sites, feeds, state={"state": "y"})             # y is [1, 4], state [1, 12]
+    with pytest.raises(OnnxInputError, match="does not run on these calibration feeds.*InvalidArgument"):
+        Probe(model, sites, [dict(f, x=np.zeros((1, 9), np.float32)) for f in feeds])   # onnxruntime refuses x
     p = Probe(model, sites, feeds)
     assert state_candidates(p.session.get_inputs(), p.session.get_outputs()) == [("state", "stateN")]
     an = analyse(model.SerializeToString(), feeds, importance="tensor", min_elements=16, progress=False)

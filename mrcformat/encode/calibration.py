@@ -188,11 +188,16 @@ class Probe:
         model_inputs = [i for i in self.session.get_inputs() if i.name not in set(self.input_names)]
         outputs = self.session.get_outputs()
         self.state = dict(state or {})
-        in_names, out_names = {i.name for i in model_inputs}, {o.name for o in outputs}
+        ins, outs = {i.name: i for i in model_inputs}, {o.name: o for o in outputs}
         for i, o in self.state.items():
-            if i not in in_names or o not in out_names:
-                raise OnnxInputError(f"state {i}={o}: the model's inputs are {sorted(in_names)} and its outputs "
-                                     f"{sorted(out_names)}")
+            if i not in ins or o not in outs:
+                raise OnnxInputError(f"state {i}={o}: the model's inputs are {sorted(ins)} and its outputs "
+                                     f"{sorted(outs)}")
+            a, b = ins[i].shape, outs[o].shape
+            if ins[i].type != outs[o].type or len(a) != len(b) or any(
+                    isinstance(x, int) and isinstance(y, int) and x != y for x, y in zip(a, b)):
+                raise OnnxInputError(f"state {i}={o}: output {o} ({outs[o].type} {outs[o].shape}) cannot be fed "
+                                     f"back as input {i} ({ins[i].type} {ins[i].shape})")
         if sequence_length is not None and sequence_length < 1:
             raise OnnxInputError("sequence_length must be at least 1")
         feeds = load_feeds(feeds_src, model_inputs)
@@ -216,10 +221,14 @@ class Probe:
             raise OnnxInputError("the model has no floating-point output to measure distortion on")
         self._fetch = self.output_names + [o for o in self.state.values() if o not in self.output_names]
         self.original = [s.array for s in sites]
-        self.reference = self._run_all(self.original, range(len(self.sequences)))
-        power = [max(float(np.mean([np.mean(np.square(ys[o])) for ys in self.reference])), 1e-30)
-                 for o in range(len(self.output_names))]
-        self._norm = [power for _ in self.reference]   # per output, the same for every feed (module doc)
+        # per feed (sequences are consecutive runs of feed indices, in order) its reference outputs
+        try:
+            self.reference = [ys for q in self.sequences for ys in self._run_sequence(self.original, q)]
+        except Exception as e:  # noqa: BLE001  onnxruntime's own classes (InvalidArgument, Fail, ...)
+            raise OnnxInputError(f"the model does not run on these calibration feeds"
+                                 f"{' with the state carried' if self.state else ''}: {type(e).__name__}: {e}") from e
+        self._power = [max(float(np.mean([np.mean(np.square(ys[o])) for ys in self.reference])), 1e-30)
+                       for o in range(len(self.output_names))]   # per output, over all feeds (module doc)
 
     def _run_sequence(self, weights, seq: list[int]) -> list[list[np.ndarray]]:
         """Outputs `output_names` of every step of one sequence, the state carried between steps."""
@@ -235,14 +244,6 @@ class Probe:
             carried = {inp: got[out] for inp, out in self.state.items()}
             outs.append([np.asarray(y, dtype=np.float64) for y in ys[:n]])
         return outs
-
-    def _run_all(self, weights, seqs) -> list[list[np.ndarray]]:
-        """Per feed (indexed like self.feeds; None for feeds not in `seqs`) its outputs."""
-        res: list = [None] * len(self.feeds)
-        for q in seqs:
-            for i, ys in zip(self.sequences[q], self._run_sequence(weights, self.sequences[q])):
-                res[i] = ys
-        return res
 
     def subset(self, count: int | None) -> list[int]:
         """Sequence indices (feed indices without `state`) spread evenly, covering about `count` feeds
@@ -265,6 +266,6 @@ class Probe:
         for q in which:
             for i, ys in zip(self.sequences[q], self._run_sequence(weights, self.sequences[q])):
                 total += sum(float(np.mean(np.square(y - r))) / m
-                             for y, r, m in zip(ys, self.reference[i], self._norm[i]))
+                             for y, r, m in zip(ys, self.reference[i], self._power))
                 steps += 1
         return total / max(steps, 1)
