@@ -591,6 +591,25 @@ def test_recurrent_step_loop_is_differentiable():
     assert w.grad is not None and w.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("op", ["Sqrt", "ReduceL2"])
+def test_magnitude_of_silence_has_finite_gradients(op):
+    """|W x| = sqrt((W x)^2) of an all-zero frame (silero-vad's STFT magnitude on silence): torch's
+    sqrt has an infinite gradient at 0, which made every fine-tuning step nan; the converter's is 0
+    there, with the same forward values as onnxruntime."""
+    x = np.zeros((2, 4), np.float32)
+    x[1] = f32(4)
+    w = f32(4, 3)
+    nodes = [node("MatMul", ["x", "w"], ["h"]), node("Mul", ["h", "h"], ["p"])]
+    nodes.append(node("Sqrt", ["p"], ["y"]) if op == "Sqrt" else node("ReduceL2", ["p", "ax"], ["y"], keepdims=0))
+    inits = {"w": w} | ({} if op == "Sqrt" else {"ax": np.array([1], np.int64)})
+    want, got = run_both(nodes, {"x": x}, inits)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=0)
+    mod = OnnxModule(_model(nodes, {"x": x}, inits, ["y"], 18))
+    p = dict(mod.onnx_parameters())["w"].requires_grad_(True)
+    mod(torch.from_numpy(x)).sum().backward()
+    assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
 # ----------------------------------------------------------------------------- errors
 def test_unsupported_ops_listed_all_at_once_before_running():
     inner = _branch("then", [helper.make_node("StringNormalizer", ["x"], ["t"], name="deep_one")], "t")

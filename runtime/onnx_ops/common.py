@@ -12,7 +12,7 @@ import torch
 
 from mrcformat.errors import GraphError
 
-__all__ = ["Attrs", "Unsupported", "UnsupportedOnnxError", "ints", "onnx_dtype_to_torch", "tensor_from_proto"]
+__all__ = ["Attrs", "Unsupported", "UnsupportedOnnxError", "ints", "onnx_dtype_to_torch", "sqrt", "tensor_from_proto"]
 
 INT64_MAX = 2**63 - 1
 
@@ -128,3 +128,24 @@ def fold(f, xs):
     for x in xs[1:]:
         out = f(out, x)
     return out
+
+
+class _Sqrt(torch.autograd.Function):
+    """sqrt with gradient 0 at 0 (torch's is inf, and inf * 0 = nan upstream). Same forward bits.
+    A magnitude sqrt(re^2 + im^2) of a silent frame is exactly 0 (silero-vad's STFT): with torch's
+    sqrt one such frame makes a whole fine-tuning step nan."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.sqrt(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return torch.where(y > 0, g / (2 * y), torch.zeros_like(g))
+
+
+def sqrt(x):
+    return _Sqrt.apply(x) if x.requires_grad else torch.sqrt(x)

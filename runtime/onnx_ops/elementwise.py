@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import binary, fold, unary
+from .common import binary, fold, sqrt, unary
 
 __all__ = ["OPS"]
 
@@ -101,7 +101,7 @@ OPS = {
     "BitwiseAnd": binary(torch.bitwise_and), "BitwiseOr": binary(torch.bitwise_or),
     "BitwiseXor": binary(torch.bitwise_xor), "BitwiseNot": unary(torch.bitwise_not),
     "Relu": unary(torch.relu), "Sigmoid": unary(torch.sigmoid), "Tanh": unary(torch.tanh),
-    "Exp": unary(torch.exp), "Log": unary(torch.log), "Sqrt": unary(torch.sqrt), "Neg": unary(torch.neg),
+    "Exp": unary(torch.exp), "Log": unary(torch.log), "Sqrt": unary(sqrt), "Neg": unary(torch.neg),
     "Abs": unary(torch.abs), "Erf": unary(torch.erf), "Reciprocal": unary(torch.reciprocal),
     "Floor": unary(torch.floor), "Ceil": unary(torch.ceil), "Not": unary(torch.logical_not),
     "Sign": unary(torch.sign), "Round": unary(_round), "Sin": unary(torch.sin), "Cos": unary(torch.cos),

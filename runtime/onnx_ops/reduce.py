@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .common import ints
+from .common import ints, sqrt
 
 __all__ = ["OPS"]
 
@@ -34,7 +34,7 @@ def _l1(x, dim, keepdim):
 
 
 def _l2(x, dim, keepdim):
-    return torch.sqrt(torch.sum(x * x, dim=dim, keepdim=keepdim))
+    return sqrt(torch.sum(x * x, dim=dim, keepdim=keepdim))
 
 
 def _log_sum(x, dim, keepdim):
