@@ -431,7 +431,8 @@ def _budgets(text: str) -> list[str]:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
 @click.option("--steps", default=0, show_default=True, type=click.IntRange(0, None),
               help="N > 0: then N steps of MIRACLE training from the post-training file (needs torch; "
-                   "mrcformat.encode.onnx_finetune), matching the original's outputs on the calibration inputs.")
+                   "mrcformat.encode.onnx_finetune), matching the original's outputs on the calibration inputs "
+                   "(with --state: on each calibration sequence run step by step, the state carried).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report(s) as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compress(model: str, budget: str | None, budgets: str | None, calibration: str, output: str, index_bits: int,
@@ -465,8 +466,8 @@ def compress(model: str, budget: str | None, budgets: str | None, calibration: s
         state[inp] = out
     if sequence_length is not None and not state:
         _fail("--sequence-length needs --state")
-    if steps and (budgets is not None or state):
-        _fail("--steps works with one --budget and without --state")
+    if steps and budgets is not None:
+        _fail("--steps works with one --budget")
     opts = dict(index_bits=index_bits, seed=seed)
     try:
         an = oc.analyse(model, calibration, importance=importance, min_elements=min_elements, max_feeds=max_feeds,

@@ -39,7 +39,7 @@ def test_finetuned_file_keeps_the_graph_and_codes_the_same_tensors(tiny, tmp_pat
     path, feeds, _ = tiny
     an = analyse(str(path), feeds, progress=False)
     out = tmp_path / "ft.mrc"
-    r = finetune_onnx(an, out, "3bpw", steps=30, index_bits=8, retrain_steps=1, blocks_per_round=64, progress=False)
+    r = finetune_onnx(an, out, "3bpw", steps=200, index_bits=8, retrain_steps=1, blocks_per_round=64, progress=False)
     assert mrcformat.validate_file(out) == []
     c = mrcformat.load(out)
     assert {t.name for t in c.tensors} == {s.name for s in an.sites} and all(t.encoding == "coded" for t in c.tensors)
