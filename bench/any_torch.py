@@ -221,7 +221,7 @@ MODELS = {"pnet": (PNet, 12), "rnet": (RNet, 24), "onet": (ONet, 48), "vad": (VA
 
 
 def run(name: str, bpws: list[float], steps: int, seed: int, n_train: int, n_test: int, pre_steps: int,
-        blocks_per_round: int = 64) -> list[dict]:
+        blocks_per_round: int = 64, method: str = "mean-var") -> list[dict]:
     from mrcformat.encode import compress
     from mrcformat.encode.selection import coded_specs
 
@@ -244,7 +244,7 @@ def run(name: str, bpws: list[float], steps: int, seed: int, n_train: int, n_tes
                             generator=torch.Generator().manual_seed(seed))
         t1 = time.perf_counter()
         result = compress(model, loader, budget, steps=steps, retrain_steps=2, blocks_per_round=blocks_per_round,
-                          seed=seed,
+                          seed=seed, method=method,
                           progress=False, graph_deflate=True)
         wall = time.perf_counter() - t1
         student = result.load_into(cls()).eval()
@@ -252,7 +252,7 @@ def run(name: str, bpws: list[float], steps: int, seed: int, n_train: int, n_tes
         c = result.container
         raw = sum(t.data.nbytes for t in c.tensors if t.encoding == "raw")
         file_bytes = len(result.to_bytes())
-        rows.append({"model": name, "params": params, "coded_weights": coded, "bpw_target": bpw,
+        rows.append({"model": name, "method": method, "params": params, "coded_weights": coded, "bpw_target": bpw,
                      "payload_bytes": result.payload_bytes, "payload_bpw": 8 * result.payload_bytes / coded,
                      "raw_bytes": raw, "graph_bytes": len(c.graph or b""), "file_bytes": file_bytes,
                      "file_bpw_all_params": 8 * file_bytes / params, "float32_bytes": 4 * params,
@@ -272,7 +272,8 @@ def write(rows: list[dict], out: Path) -> None:
              "| model | params | coded | target bpw | payload B | payload bpw | raw B | graph B (before zlib) | file B | float32 B "
              "| agreement | accuracy (orig) | steps | wall s |", "|" + "---|" * 14]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['coded_weights']:,} | {r['bpw_target']} | "
+        label = r["model"] + (f" ({r['method']})" if r.get("method", "mean-var") != "mean-var" else "")
+        lines.append(f"| {label} | {r['params']:,} | {r['coded_weights']:,} | {r['bpw_target']} | "
                      f"{r['payload_bytes']:,} | {r['payload_bpw']:.2f} | {r['raw_bytes']:,} | {r['graph_bytes']:,} | "
                      f"{r['file_bytes']:,} | {r['float32_bytes']:,} | {100 * r['agreement']:.2f}% "
                      f"({r['held_out']:,}) | {100 * r['accuracy']:.1f}% ({100 * r['orig_accuracy']:.1f}%) | "
@@ -284,9 +285,10 @@ def write(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in dict.fromkeys(r["model"] for r in rows):
-        rs = sorted((r for r in rows if r["model"] == name), key=lambda r: r["payload_bpw"])
-        ax.plot([r["payload_bpw"] for r in rs], [100 * r["agreement"] for r in rs], "o-", label=name)
+    for name, method in dict.fromkeys((r["model"], r.get("method", "mean-var")) for r in rows):
+        rs = sorted((r for r in rows if r["model"] == name and r.get("method", "mean-var") == method),
+                    key=lambda r: r["payload_bpw"])
+        ax.plot([r["payload_bpw"] for r in rs], [100 * r["agreement"] for r in rs], "o-", label=name if method == "mean-var" else f"{name} ({method})")
     ax.axhline(99, color="grey", lw=0.8, ls="--")
     ax.axvline(1, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("index payload, bits per coded weight")
@@ -309,15 +311,16 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--blocks-per-round", type=int, default=64)
     ap.add_argument("--append", action="store_true", help="add to the rows already in OUT.json (other models)")
+    ap.add_argument("--method", default="mean-var", choices=["mean-var", "mean-kl"])
     ap.add_argument("--out", default=str(RESULTS / "any_torch"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     old = Path(a.out).with_suffix(".json")
     rows = json.loads(old.read_text()) if a.append and old.exists() else []
     for name in a.models.split(","):
-        rows = [r for r in rows if r["model"] != name]
+        rows = [r for r in rows if not (r["model"] == name and r.get("method", "mean-var") == a.method)]
         rows += run(name, [float(b) for b in a.bpw.split(",")], a.steps, a.seed, a.train, a.test, a.pretrain_steps,
-                    a.blocks_per_round)
+                    a.blocks_per_round, a.method)
     write(rows, Path(a.out))
     return rows
 

@@ -83,6 +83,22 @@ _HELDOUT_SENTENCES = [
     "Why does the printer always jam when I am in a hurry?",
     "I can't believe it's already the end of November.",
 ]
+# Training audio for MIRACLE fine-tuning (bench/silero_finetune.py): sentences of neither list above,
+# the calibration voices (never a held-out voice), so the held-out metrics stay held out.
+_TRAIN_SENTENCES = [
+    "Our neighbours are painting their fence a bright shade of yellow.",
+    "Add the flour slowly and keep stirring until the sauce thickens.",
+    "The library will extend its opening hours during the exam period.",
+    "Turn left at the roundabout and the station is on your right.",
+    "She practised the violin every evening for almost ten years.",
+    "Several flights were delayed because of fog over the airport.",
+    "Please leave a message after the tone and I will call you back.",
+    "The recipe needs three eggs, a cup of sugar and some butter.",
+    "A small boat drifted slowly past the lighthouse at sunset.",
+    "We should book the hotel before the prices go up again.",
+    "The children built a sandcastle with towers and a deep moat.",
+    "Nobody expected the match to end in a draw after extra time.",
+]
 _CALIB_VOICES = ["en-us", "en-gb+f3", "en-029+m3", "en-gb-x-rp+f1"]
 _HELDOUT_VOICES = ["en-gb-scotland+f4", "en-us+m7", "en-gb-x-gbclan+f2", "en-us+klatt",
                    "en-gb-x-gbcwmd+m2", "en-gb+f5", "en-us+whisper"]
@@ -243,6 +259,37 @@ def prepare(out_dir: Path = DATA_DIR, seed: int = 0, n_feeds: int = 128) -> None
     (out_dir / "meta.json").write_text(json.dumps(dict(
         seed=seed, sr=SR, calib_seconds=calib.size / SR, heldout_seconds=heldout.size / SR,
         calib_steps=[int(t) for t in picks], calib=calib_meta, heldout=heldout_meta), indent=1))
+
+
+def training_feeds(batch: int = 64, data_dir: Path = DATA_DIR, seed: int = 1,
+                   streams: bool = False) -> list[dict[str, np.ndarray]]:
+    """Feeds for fine-tuning: every streaming step of the original over the training track (the
+    calibration sentences and `_TRAIN_SENTENCES`, calibration voices, ~70 s), `batch` consecutive-in-
+    time-order steps stacked per feed: input (B, 576), state (2, B, 128) as the original carried it,
+    sr. `streams`: the track cut into `batch` contiguous stretches, feed t holding step t of each (in
+    time order, so that consecutive feeds continue each lane's stream: for calibration with the state
+    carried). Synthesised once into data_dir/train_audio.npy."""
+    path = Path(data_dir) / "train_audio.npy"
+    if not path.exists():
+        rng = np.random.default_rng(seed)
+        audio, _ = _track(_CALIB_SENTENCES + _TRAIN_SENTENCES, _CALIB_VOICES, rng, noise_only_s=3.0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, audio)
+    steps: list[dict[str, np.ndarray]] = []
+    stream_probs(model_paths()["default"], np.load(path),
+                 on_step=lambda t, feed: steps.append({k: np.array(v) for k, v in feed.items()}))
+    if streams:  # lane b of feed t = step t of the b-th contiguous stretch of the track
+        per = len(steps) // batch
+        picks = [[b * per + t for b in range(batch)] for t in range(per)]
+    else:  # each batch mixes the whole track
+        order = np.random.default_rng(seed).permutation(len(steps))
+        picks = [order[i: i + batch] for i in range(0, len(order) - batch + 1, batch)]
+    feeds = []
+    for pick in picks:
+        pick = [steps[j] for j in pick]
+        feeds.append({"input": np.concatenate([f["input"] for f in pick]),
+                      "state": np.concatenate([f["state"] for f in pick], axis=1), "sr": pick[0]["sr"]})
+    return feeds
 
 
 def calib_feeds(model: str | Path | bytes | None = None, data_dir: Path = DATA_DIR) -> list[dict[str, np.ndarray]]:
