@@ -66,3 +66,27 @@ def test_cli_steps_runs_miracle_after_post_training(tiny, tmp_path):
     res = CliRunner().invoke(main, ["compress", str(path), "--budgets", "2bpw,3bpw", "--calibration", str(calib), "-o",
                                     str(tmp_path / "sweep"), "--steps", "10", "--quiet"])
     assert res.exit_code != 0 and "--steps works with one --budget" in res.output
+
+
+def test_finetuning_keeps_the_post_training_allocation_and_measures_like_the_probe(tiny, tmp_path):
+    """Each tensor keeps the post-training file's number of blocks (its rate-distortion allocation),
+    and the default objective is the probe's D: per output, mean squared error over its power."""
+    from mrcformat.encode.onnx_compress import compress_onnx
+    from mrcformat.encode.onnx_finetune import RelativeSquaredError, probe_divergence
+
+    path, feeds, _ = tiny
+    an = analyse(str(path), feeds, progress=False)
+    div = probe_divergence(an)
+    assert list(div) == ["output"] and isinstance(div["output"], RelativeSquaredError)
+    assert div["output"].power == pytest.approx(an.probe.output_power["y"])
+    s, t = torch.ones(3, 5), torch.zeros(3, 5)
+    assert float(div["output"](s, t)) == pytest.approx(1.0 / an.probe.output_power["y"])
+    post = compress_onnx(an, tmp_path / "post.mrc", "3bpw", index_bits=8, progress=False)
+    finetune_onnx(an, tmp_path / "ft.mrc", "3bpw", steps=5, index_bits=8, retrain_steps=1, blocks_per_round=64,
+                  progress=False)
+
+    def blocks(f):
+        c = mrcformat.load(f)
+        return {t.name: c.groups[t.group].num_blocks for t in c.tensors if t.encoding == "coded"}
+
+    assert blocks(tmp_path / "ft.mrc") == blocks(tmp_path / "post.mrc") and post.payload_bytes > 0

@@ -174,6 +174,11 @@ def test_finetuning_a_streaming_model_trains_through_the_carried_state(tmp_path)
     feeds = _steps(24)
     an = analyse(model.SerializeToString(), feeds, importance="tensor", min_elements=16, state={"state": "stateN"},
                  sequence_length=8, progress=False)
+    from mrcformat.encode.onnx_finetune import RelativeSquaredError, probe_divergence
+
+    div = probe_divergence(an)                       # all graph outputs: the carried state is not measured
+    assert isinstance(div["output"], RelativeSquaredError) and div["output1"] == "mse"
+    assert list(probe_divergence(an, ["y"])) == ["output"]
     unrolled = _unrolled_class()(OnnxModule(model), an.probe.state, ["y", "stateN"], ["y"])
     batches = list(_sequence_loader(an, 0))
     assert len(batches) == 3 and {tuple(b["x"].shape) for b in batches} == {(8, 1, 8)}

@@ -245,6 +245,11 @@ class Probe:
             outs.append([np.asarray(y, dtype=np.float64) for y in ys[:n]])
         return outs
 
+    @property
+    def output_power(self) -> dict[str, float]:
+        """{measured output: its mean power over the calibration feeds}, the denominators of D."""
+        return dict(zip(self.output_names, self._power))
+
     def subset(self, count: int | None) -> list[int]:
         """Sequence indices (feed indices without `state`) spread evenly, covering about `count` feeds
         (all when count is None or larger)."""

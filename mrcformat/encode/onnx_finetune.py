@@ -95,7 +95,7 @@ def probe_divergence(an: Analysis, outputs: list[str] | None = None) -> dict:
     outputs = [o.name for o in an.model.graph.output] if outputs is None else outputs
     leaves = [n for n, _ in named_leaves(tuple(torch.zeros(1) for _ in outputs)
                                          if len(outputs) > 1 else torch.zeros(1))]
-    power = dict(zip(an.probe.output_names, an.probe._power))
+    power = an.probe.output_power
     return {leaf: RelativeSquaredError(power[o]) if o in power else "mse" for leaf, o in zip(leaves, outputs)}
 
 
