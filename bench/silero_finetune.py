@@ -38,7 +38,7 @@ def _eval(path: Path) -> dict:
 
 
 def run(budgets: list[float], steps: int, index_bits: int, batch: int, work: Path, divergence, lr: float | None,
-        log, method: str = "mean-kl", stream: int = 0) -> list[dict]:
+        log, method: str = "mean-kl", stream: int = 0, tracks: int = 1) -> list[dict]:
     import torch
 
     from mrcformat.encode.onnx_compress import analyse
@@ -46,7 +46,7 @@ def run(budgets: list[float], steps: int, index_bits: int, batch: int, work: Pat
 
     torch.manual_seed(0)
     model = str(sv.model_paths()["default"])
-    feeds = sv.training_feeds(batch, streams=stream > 0)
+    feeds = sv.training_feeds(batch, streams=stream > 0, tracks=tracks)
     t0 = time.perf_counter()
     extra = dict(state={"state": "stateN"}, sequence_length=stream) if stream else {}
     an = analyse(model, feeds, max_feeds=None, importance_feeds=8, progress=False, **extra)
@@ -73,7 +73,7 @@ def run(budgets: list[float], steps: int, index_bits: int, batch: int, work: Pat
                    post_bits_per_param=8 * post.file_bytes / an.coded_weights,
                    ft_bits_per_param=8 * r.file_bytes / an.coded_weights,
                    post_distortion=post.measured_distortion, ft_distortion=r.measured_distortion,
-                   seconds=r.seconds, wall_seconds=wall, method=method, stream=stream,
+                   seconds=r.seconds, wall_seconds=wall, method=method, stream=stream, tracks=tracks, batch=batch,
                    post={k: v for k, v in ev_post.items()}, ft={k: v for k, v in ev_ft.items()})
         rows.append(row)
         log(f"{b} bpw: D post {post.measured_distortion:.4g} fine-tuned {r.measured_distortion:.4g}; "
@@ -99,15 +99,17 @@ def _post_training_16bit() -> list[tuple[int, float]]:
 
 
 def _setting(r: dict) -> str:
-    how = f"{r['stream']}-step sequences, state carried" if r.get("stream") else "one step per example"
-    return f"{r['method']}, {r['steps']} steps, {r['index_bits']}-bit blocks, {how}"
+    how = (f"{r['stream']}-step sequences x {r.get('batch', 32)} lanes, state carried" if r.get("stream")
+           else "one step per example")
+    data = f", {r['tracks']} training tracks" if r.get("tracks", 1) > 1 else ""
+    return f"{r['method']}, {r['steps']} steps, {r['index_bits']}-bit blocks, {how}{data}"
 
 
 def write(rows: list[dict], meta: dict, append: bool = False) -> None:
     RESULTS.mkdir(exist_ok=True)
     old = RESULTS / "silero_finetune.json"
     if append and old.exists():  # rows of other settings kept; a row of the same setting replaced
-        key = ("budget_bpw", "steps", "index_bits", "method", "stream")
+        key = ("budget_bpw", "steps", "index_bits", "method", "stream", "tracks", "batch")
         new = {tuple(r.get(k) for k in key) for r in rows}
         prev = json.loads(old.read_text())
         rows = [r for r in prev["rows"] if tuple(r.get(k) for k in key) not in new] + rows
@@ -141,7 +143,7 @@ def write(rows: list[dict], meta: dict, append: bool = False) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(8, 6.5))
     settings = list(dict.fromkeys(_setting(r) for r in rows))
     for k, name in enumerate(settings):
         rs = sorted((r for r in rows if _setting(r) == name), key=lambda r: r["budget_bpw"])
@@ -158,7 +160,7 @@ def write(rows: list[dict], meta: dict, append: bool = False) -> None:
     ax.set_xlabel("file bits per coded weight (graph included)")
     ax.set_ylabel("frame agreement with the original (held-out)")
     ax.set_title("silero-vad: post-training vs MIRACLE fine-tuning")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(RESULTS / "silero_finetune.png", dpi=120)
@@ -174,6 +176,7 @@ def main(argv=None) -> int:
                     help="probe (finetune_onnx's default), mse, auto, or overrides of probe: output=bce")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--method", default="mean-kl", choices=["mean-var", "mean-kl"])
+    ap.add_argument("--tracks", type=int, default=1, help="training tracks of ~70 s each (different voicing/noise)")
     ap.add_argument("--stream", type=int, default=0,
                     help="T > 0: calibrate and train on T-step sequences with the state carried (else one step "
                          "per example, the original's state fed)")
@@ -199,7 +202,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows = run([float(b) for b in a.budgets.split(",")], a.steps, a.index_bits, a.batch, work, a.divergence, a.lr,
-               lambda m: print(m, flush=True), a.method, a.stream)
+               lambda m: print(m, flush=True), a.method, a.stream, a.tracks)
     args = " ".join(sys.argv[1:] if argv is None else argv)
     args = re.sub(r" ?--(work|note) \S+( [^-]\S*)*", "", args)  # paths and the free-text note
     meta = dict(argv=args, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -262,22 +262,24 @@ def prepare(out_dir: Path = DATA_DIR, seed: int = 0, n_feeds: int = 128) -> None
 
 
 def training_feeds(batch: int = 64, data_dir: Path = DATA_DIR, seed: int = 1,
-                   streams: bool = False) -> list[dict[str, np.ndarray]]:
-    """Feeds for fine-tuning: every streaming step of the original over the training track (the
-    calibration sentences and `_TRAIN_SENTENCES`, calibration voices, ~70 s), `batch` consecutive-in-
-    time-order steps stacked per feed: input (B, 576), state (2, B, 128) as the original carried it,
-    sr. `streams`: the track cut into `batch` contiguous stretches, feed t holding step t of each (in
-    time order, so that consecutive feeds continue each lane's stream: for calibration with the state
-    carried). Synthesised once into data_dir/train_audio.npy."""
-    path = Path(data_dir) / "train_audio.npy"
-    if not path.exists():
-        rng = np.random.default_rng(seed)
-        audio, _ = _track(_CALIB_SENTENCES + _TRAIN_SENTENCES, _CALIB_VOICES, rng, noise_only_s=3.0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, audio)
+                   streams: bool = False, tracks: int = 1) -> list[dict[str, np.ndarray]]:
+    """Feeds for fine-tuning: every streaming step of the original over `tracks` training tracks (each:
+    the calibration sentences and `_TRAIN_SENTENCES`, calibration voices, ~70 s, its own speeds,
+    pitches, gaps and noise from seed `seed + k`), `batch` steps stacked per feed: input (B, 576), state
+    (2, B, 128) as the original carried it, sr. `streams`: the steps cut into `batch` contiguous
+    stretches, feed t holding step t of each (in time order, so that consecutive feeds continue each
+    lane's stream: for calibration with the state carried). Synthesised once into
+    data_dir/train_audio.npy (track 0) and train_audio_K.npy."""
     steps: list[dict[str, np.ndarray]] = []
-    stream_probs(model_paths()["default"], np.load(path),
-                 on_step=lambda t, feed: steps.append({k: np.array(v) for k, v in feed.items()}))
+    for k in range(tracks):
+        path = Path(data_dir) / ("train_audio.npy" if k == 0 else f"train_audio_{k}.npy")
+        if not path.exists():
+            rng = np.random.default_rng(seed + k)
+            audio, _ = _track(_CALIB_SENTENCES + _TRAIN_SENTENCES, _CALIB_VOICES, rng, noise_only_s=3.0)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, audio)
+        stream_probs(model_paths()["default"], np.load(path),
+                     on_step=lambda t, feed: steps.append({k: np.array(v) for k, v in feed.items()}))
     if streams:  # lane b of feed t = step t of the b-th contiguous stretch of the track
         per = len(steps) // batch
         picks = [[b * per + t for b in range(batch)] for t in range(per)]
