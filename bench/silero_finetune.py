@@ -61,7 +61,7 @@ def run(budgets: list[float], steps: int, index_bits: int, batch: int, work: Pat
         opts = ({"lr": lr} if lr is not None else {}) | {"method": method}
         t0 = time.perf_counter()
         r = finetune_onnx(an, out, f"{b}bpw", steps=steps, index_bits=index_bits, progress=True,
-                          divergence=divergence, **opts)
+                          divergence=divergence, keep_better=False, **opts)
         wall = time.perf_counter() - t0
         # the fine-tuning run's starting file again (deterministic: same analysis, budget, seed), kept to evaluate it
         post_path = work / f"post_{b}bpw.mrc"

@@ -39,7 +39,9 @@ def test_finetuned_file_keeps_the_graph_and_codes_the_same_tensors(tiny, tmp_pat
     path, feeds, _ = tiny
     an = analyse(str(path), feeds, progress=False)
     out = tmp_path / "ft.mrc"
-    r = finetune_onnx(an, out, "3bpw", steps=200, index_bits=8, retrain_steps=1, blocks_per_round=64, progress=False)
+    r = finetune_onnx(an, out, "3bpw", steps=200, index_bits=8, retrain_steps=1, blocks_per_round=64, progress=False,
+                      keep_better=False)
+    assert r.kept == "fine-tuned" and r.measured_distortion == r.finetuned_distortion
     assert mrcformat.validate_file(out) == []
     c = mrcformat.load(out)
     assert {t.name for t in c.tensors} == {s.name for s in an.sites} and all(t.encoding == "coded" for t in c.tensors)
@@ -62,7 +64,7 @@ def test_cli_steps_runs_miracle_after_post_training(tiny, tmp_path):
     res = CliRunner().invoke(main, ["compress", str(path), "--budget", "3bpw", "--calibration", str(calib), "-o",
                                     str(out), "--index-bits", "8", "--steps", "10", "--quiet"])
     assert res.exit_code == 0, res.output
-    assert "after 10 MIRACLE steps" in res.output and mrcformat.validate_file(out) == []
+    assert "10 MIRACLE steps" in res.output and mrcformat.validate_file(out) == []
     res = CliRunner().invoke(main, ["compress", str(path), "--budgets", "2bpw,3bpw", "--calibration", str(calib), "-o",
                                     str(tmp_path / "sweep"), "--steps", "10", "--quiet"])
     assert res.exit_code != 0 and "--steps works with one --budget" in res.output
@@ -90,3 +92,19 @@ def test_finetuning_keeps_the_post_training_allocation_and_measures_like_the_pro
         return {t.name: c.groups[t.group].num_blocks for t in c.tensors if t.encoding == "coded"}
 
     assert blocks(tmp_path / "ft.mrc") == blocks(tmp_path / "post.mrc") and post.payload_bytes > 0
+
+
+def test_a_fine_tuning_run_worse_than_its_start_keeps_the_post_training_file(tiny, tmp_path):
+    """5 steps leave the tiny net's output distortion far above the post-training file's: that file is
+    written (byte for byte what compress_onnx writes), and the report says so."""
+    from mrcformat.encode.onnx_compress import compress_onnx
+
+    path, feeds, _ = tiny
+    an = analyse(str(path), feeds, progress=False)
+    out = tmp_path / "ft.mrc"
+    r = finetune_onnx(an, out, "3bpw", steps=5, index_bits=8, retrain_steps=1, blocks_per_round=64, progress=False)
+    post = compress_onnx(an, tmp_path / "post.mrc", "3bpw", index_bits=8, progress=False)
+    assert r.finetuned_distortion > post.measured_distortion          # the premise of this test
+    assert r.kept == "post-training" and r.measured_distortion == post.measured_distortion
+    assert out.read_bytes() == (tmp_path / "post.mrc").read_bytes() and r.file_bytes == out.stat().st_size
+    assert "post-training file" in r.summary() and "kept" in r.summary()

@@ -214,4 +214,4 @@ def test_cli_steps_with_state(tmp_path):
                                     "--index-bits", "8", "--min-elements", "16", "--state", "state=stateN",
                                     "--sequence-length", "8", "--steps", "10", "--quiet"])
     assert res.exit_code == 0, res.output
-    assert "after 10 MIRACLE steps" in res.output and mrcformat.validate_file(out) == []
+    assert "10 MIRACLE steps" in res.output and mrcformat.validate_file(out) == []

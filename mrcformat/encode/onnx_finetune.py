@@ -51,9 +51,14 @@ class FinetuneReport:
     steps: int
     seconds: dict = field(default_factory=dict)
     history: list = field(default_factory=list, repr=False)
+    kept: str = "fine-tuned"             # which file was written: "fine-tuned" or "post-training"
+    finetuned_distortion: float = float("nan")  # the fine-tuned file's, written or not
 
     def summary(self) -> str:
         p = self.post_training
+        if self.kept == "post-training":
+            return (f"{self.file_bytes} bytes: the post-training file, output distortion {self.measured_distortion:.4g}, "
+                    f"kept: {self.steps} MIRACLE steps gave {self.finetuned_distortion:.4g}")
         return (f"{self.file_bytes} bytes after {self.steps} MIRACLE steps: output distortion "
                 f"{self.measured_distortion:.4g} (post-training {p.measured_distortion:.4g} at {p.file_bytes} bytes)")
 
@@ -149,7 +154,8 @@ def _sequence_loader(an: Analysis, seed: int):
 
 def finetune_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.PathLike | None, budget,
                   calibration=None, *, steps: int, index_bits: int = 12, seed: int = 0, progress: bool = True,
-                  divergence="probe", analyse_options: dict | None = None, **train_options) -> FinetuneReport:
+                  divergence="probe", keep_better: bool = True, analyse_options: dict | None = None,
+                  **train_options) -> FinetuneReport:
     """Post-training coding of `model` at `budget` (as `compress_onnx`), then `steps` MIRACLE steps from
     that file (module doc); writes `output` (None: do not write). `divergence` compares the outputs
     (default "probe": the post-training coder's D, which both files are measured by: per output, mean
@@ -158,7 +164,9 @@ def finetune_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
     (retrain_steps, blocks_per_round, lr, method (default "mean-kl"), ...); by default each tensor keeps
     the post-training file's number of blocks and the blocks are coded in about 50 rounds with
     steps // 250 (at least 1) retraining steps after each. An analysis with `state=` trains on its
-    sequences with the state carried (module doc)."""
+    sequences with the state carried (module doc). `keep_better`: when the fine-tuned file's output
+    distortion on the calibration feeds is above the post-training file's (same payload), write the
+    post-training file instead (`report.kept` says which; short runs and high rates can end there)."""
     import onnx
     from mrcformat_runtime.onnx_to_torch import OnnxModule
 
@@ -220,11 +228,14 @@ def finetune_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
     container = Container(seed=c.seed, groups=c.groups, tensors=tensors, graph=post_container.graph, metadata=meta,
                           version=post_container.version, graph_deflate=post_container.graph_deflate)
     decoded = decode(container)
-    measured = an.probe.distortion({i: np.asarray(decoded[s.name]) for i, s in enumerate(an.sites)})
+    tuned = measured = an.probe.distortion({i: np.asarray(decoded[s.name]) for i, s in enumerate(an.sites)})
+    kept = "fine-tuned"
+    if keep_better and measured > post.measured_distortion:
+        container, measured, kept = post_container, post.measured_distortion, "post-training"
     from mrcformat.writer import to_bytes
 
     size = save(container, output) if output is not None else len(to_bytes(container))
     return FinetuneReport(str(output) if output is not None else None, post, size,
                           sum(g.payload_length for g in container.groups), measured, steps,
                           {"post_training": t_post, "miracle": t_train, "total": time.perf_counter() - t0},
-                          result.history)
+                          result.history, kept, tuned)
