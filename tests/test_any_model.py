@@ -355,3 +355,33 @@ def test_keyword_inputs_in_any_order():
     import onnx
 
     assert [i.name for i in onnx.ModelProto.FromString(graph).graph.input] == ["first", "second"]
+
+
+def test_an_rnn_state_output_is_averaged_over_its_batch_axis_not_its_layers():
+    """nn.LSTM returns h of shape (layers, N, hidden): its distillation term is a per-example sum
+    averaged over the N examples, like the batch-first output's; it was divided by the layer count, so
+    it weighed N times as much, and twice as much for twice the batch."""
+
+    class Rnn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(3, 5, batch_first=True)
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x):
+            y, (h, c) = self.lstm(x)
+            return self.head(y[:, -1]), h
+
+    torch.manual_seed(0)
+    teacher, student = Rnn(), Rnn()
+    x = torch.randn(8, 4, 3)
+    d = Distillation(teacher, weight=1.0, divergence={"output": "mse", "output1": "mse"})
+    d.prepare(x)
+    with torch.no_grad():
+        s1, t1 = student(x)[1], teacher(x)[1]
+        state_term = d._term("output1", "mse", s1, t1, 8)
+        want = 0.5 * (s1 - t1).pow(2).sum() / 8 / d.scales["output1"]
+        assert float(state_term) == pytest.approx(float(want), rel=1e-6)
+        # doubling the batch with the same examples leaves the loss unchanged
+        xx = torch.cat([x, x])
+        assert float(d.soft_loss(student(xx), xx)) == pytest.approx(float(d.soft_loss(student(x), x)), rel=1e-5)

@@ -12,7 +12,8 @@ function instead of rediscovering it from hard labels. With labels the data term
 and without labels it is the soft term alone. The soft term sums, over every float output of
 the model (tuples, dicts, nested: `signature.named_leaves`), a divergence that suits the output,
 each summed over an example's elements and averaged over the batch (a per-example log-loss, the
-unit of the ELBO's data term):
+unit of the ELBO's data term; the batch axis is 0, or the axis of the inputs' batch size when axis 0
+is not it, as in an RNN state (layers, N, hidden)):
 
 * "kl": logits, T^2 * KL(softmax(teacher / T) || softmax(student / T)) over axis 1 (T^2 keeps the
   gradients on the scale of the hard term as T changes);
@@ -78,9 +79,24 @@ def _check(name: str, kind, t: torch.Tensor) -> None:
                          f"[{float(t.min()):.4g}, {float(t.max()):.4g}]; use 'kl' for logits or 'mse'")
 
 
-def _per_example(x: torch.Tensor) -> torch.Tensor:
-    """Sum over an example's elements, mean over the batch (axis 0); a 0-d value as it is."""
-    return x.sum() / x.shape[0] if x.dim() else x
+def _per_example(x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+    """Sum over an example's elements, mean over the batch; a 0-d value as it is. The batch axis is 0,
+    unless axis 0 is not the batch size `batch` (the inputs') and another axis is: an RNN state
+    (layers, N, hidden) is then averaged over its N examples, not over its layers (which would weigh
+    it N times as much as an output with the batch first)."""
+    if not x.dim():
+        return x
+    if batch is not None and x.shape[0] != batch and batch in tuple(x.shape[1:]):
+        return x.sum() / batch
+    return x.sum() / x.shape[0]
+
+
+def _batch_size(x: Any) -> int | None:
+    """The leading size of the first tensor input with an axis (the batch size), or None."""
+    for _, leaf in named_leaves(x):
+        if isinstance(leaf, torch.Tensor) and leaf.dim():
+            return int(leaf.shape[0])
+    return None
 
 
 class Distillation:
@@ -150,7 +166,7 @@ class Distillation:
                 v = float(t.float().var()) if t.numel() > 1 else 0.0
                 self.scales[name] = v if v > 0 else max(float(t.float().pow(2).mean()), 1.0)
 
-    def _term(self, name: str, kind, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _term(self, name: str, kind, s: torch.Tensor, t: torch.Tensor, batch: int | None = None) -> torch.Tensor:
         if callable(kind):
             return kind(s, t)
         temp = self.temperature
@@ -159,17 +175,17 @@ class Distillation:
             log_s = F.log_softmax(s / temp, dim=1)
             if s.dim() == 2:      # the classifier case, as computed since the first release
                 return F.kl_div(log_s, target, reduction="batchmean", log_target=True) * temp ** 2
-            return _per_example(F.kl_div(log_s, target, reduction="none", log_target=True)) * temp ** 2
+            return _per_example(F.kl_div(log_s, target, reduction="none", log_target=True), batch) * temp ** 2
         if kind == "probs":
             t = t.clamp(0, 1)
             log_s = torch.log(s.clamp_min(1e-12))
-            return _per_example(torch.xlogy(t, t) - t * log_s)
+            return _per_example(torch.xlogy(t, t) - t * log_s, batch)
         if kind == "bce":
             t = t.clamp(0, 1)
             s = s.clamp(0, 1)
             ent = F.binary_cross_entropy(t, t, reduction="none")      # the teacher's own entropy: 0 at a match
-            return _per_example(F.binary_cross_entropy(s, t, reduction="none") - ent)
-        return _per_example(0.5 * (s - t).pow(2)) / self.scales.get(name, 1.0)
+            return _per_example(F.binary_cross_entropy(s, t, reduction="none") - ent, batch)
+        return _per_example(0.5 * (s - t).pow(2), batch) / self.scales.get(name, 1.0)
 
     def soft_loss(self, student: Any, x: Any) -> torch.Tensor:
         """The soft term over every float output (see the module doc), teacher run on `x`."""
@@ -187,8 +203,9 @@ class Distillation:
                 _check(name, kinds[name], t)
             self._fix(kinds, t_leaves)
         total = None
+        batch = _batch_size(x)
         for (name, s), (_, t) in zip(s_leaves, t_leaves):
-            term = self._term(name, self.kinds[name], s, t)
+            term = self._term(name, self.kinds[name], s, t, batch)
             total = term if total is None else total + term
         return total
 
