@@ -8,9 +8,14 @@ held-out audio (`real_models/silero_vad.evaluate`). Training feeds are every str
 original over a training track (calibration voices, sentences disjoint from the held-out ones), 64
 steps per batch with the LSTM state the original carried at each (`silero_vad.training_feeds`).
 
-    python bench/silero_finetune.py --budgets 0.5,1,2 --steps 1500
-writes bench/results/silero_finetune.{json,md,png}; the post-training curve of bench/onnx_compress.py
-(bench/results/onnx_silero.md, 16-bit blocks, other calibration feeds) is drawn beside it when present.
+    python bench/silero_finetune.py --budgets 0.5,1,2 --steps 1500 [--append]
+writes bench/results/silero_finetune.{json,md,png} (`--append` merges with the rows there, one row per
+setting and budget); the post-training curve of bench/onnx_compress.py (bench/results/onnx_silero.md,
+16-bit blocks, other calibration feeds) is drawn beside it. Settings: --method, --index-bits, --tracks
+(more ~70 s training tracks, other voicing and noise), --stream T --batch B (train on T-step sequences of
+B lanes with the state carried, `finetune_onnx`'s streaming mode); --render redraws from the JSON. The
+fine-tuned file is evaluated even where `finetune_onnx` would keep the post-training one
+(keep_better=False).
 """
 from __future__ import annotations
 
