@@ -14,11 +14,11 @@ from .layout import Layout, num_blocks
 from .sampler import check_coding_parameters
 
 __all__ = ["MAGIC", "VERSION", "WRITE_VERSION", "PREAMBLE_SIZE", "SAMPLER", "DTYPES", "ONNX_DATA_TYPES",
-           "SECTION_KINDS", "Group", "Tensor", "Container"]
+           "SECTION_KINDS", "WIDENS", "Group", "Tensor", "Container", "widen_to_float32"]
 
 MAGIC = b"\x89MRC\r\n\x1a\n"
-VERSION = (1, 1)        # the version this reader implements
-WRITE_VERSION = (1, 0)  # what a Container is written as unless it uses a 1.1 feature (graph stubs, scales)
+VERSION = (1, 2)        # the version this reader implements
+WRITE_VERSION = (1, 0)  # what a Container is written as unless it uses a 1.1 (graph stubs, scales) or 1.2 feature
 PREAMBLE_SIZE = 24
 SAMPLER = "normal16"
 # dtype name in the header -> numpy little-endian dtype string (bfloat16 travels as its uint16 bits)
@@ -32,6 +32,19 @@ ONNX_DATA_TYPES = {
     "float32": 1, "uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7, "bool": 9, "float16": 10,
     "float64": 11, "bfloat16": 16,
 }
+# Raw dtypes that may fill a float32 graph stub from 1.2 on (SPEC.md 7.6), widened exactly to float32
+WIDENS = ("float16", "bfloat16")
+
+
+def widen_to_float32(dtype: str, data: np.ndarray) -> np.ndarray:
+    """A raw float16 / bfloat16 tensor's values as float32, exactly (SPEC.md 7.6, 1.2): float16 by IEEE
+    conversion, bfloat16 (held as its uint16 bit patterns) by shifting the bits into the high half."""
+    a = np.asarray(data)
+    if dtype == "float16":
+        return a.astype(np.float32)
+    if dtype == "bfloat16":
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    raise ValueError(f"{dtype} tensors do not widen to float32")
 
 
 @dataclass

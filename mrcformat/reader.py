@@ -629,7 +629,7 @@ def _check_graph(graph: bytes, tensors: list[Tensor], where: str, report: Report
     file_names = {t.name for t in tensors}
     inits = {i.name for i in model.graph.initializer} | {s.values.name for s in model.graph.sparse_initializer}
     if version >= (1, 1):
-        ok &= _check_stubs(model.graph, tensors, where, report)
+        ok &= _check_stubs(model.graph, tensors, where, report, widening=version >= (1, 2))
     else:
         clash = sorted(file_names & inits)
         if clash:
@@ -646,10 +646,11 @@ def _check_graph(graph: bytes, tensors: list[Tensor], where: str, report: Report
     return ok
 
 
-def _check_stubs(graph, tensors: list[Tensor], where: str, report: Report) -> bool:
+def _check_stubs(graph, tensors: list[Tensor], where: str, report: Report, widening: bool = False) -> bool:
     """Format 1.1 stubs (SPEC.md 7.6): every initializer (any depth) named like a file tensor, and every
-    Constant producing one, holds no data and has the tensor's type and dims; at most one per tensor."""
-    from .container import ONNX_DATA_TYPES
+    Constant producing one, holds no data and has the tensor's type and dims; at most one per tensor.
+    `widening` (1.2): a raw float16 or bfloat16 tensor may also fill a float32 stub."""
+    from .container import ONNX_DATA_TYPES, WIDENS
     from .onnx_graphs import find_stubs
 
     by_name = {t.name: t for t in tensors}
@@ -664,7 +665,8 @@ def _check_stubs(graph, tensors: list[Tensor], where: str, report: Report) -> bo
             report(GraphError(f"file tensor {s.name!r} has two stubs: {seen[s.name]} and {s.path}", where))
             ok = False
         seen[s.name] = s.path
-        if s.tensor.data_type != ONNX_DATA_TYPES[t.dtype] or tuple(s.tensor.dims) != tuple(t.shape):
+        widened = widening and t.encoding == "raw" and t.dtype in WIDENS and s.tensor.data_type == ONNX_DATA_TYPES["float32"]
+        if (s.tensor.data_type != ONNX_DATA_TYPES[t.dtype] and not widened) or tuple(s.tensor.dims) != tuple(t.shape):
             report(GraphError(f"stub for {s.name!r} at {s.path} has data type {s.tensor.data_type} and dims "
                               f"{list(s.tensor.dims)}; the file tensor is {t.dtype} {list(t.shape)}", where))
             ok = False

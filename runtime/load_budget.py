@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mrcformat.container import Container
+from mrcformat.container import WIDENS, Container
 from mrcformat.errors import LimitError
 
 __all__ = ["GraphCost", "check", "check_export_budget", "decoded_bytes", "estimate", "graph_constants", "read_container",
@@ -62,6 +62,8 @@ def decoded_bytes(c: Container, names: set[str] | None = None) -> int:
             continue
         if t.encoding == "coded":
             groups.add(t.group)
+        elif t.dtype in WIDENS and tuple(c.version) >= (1, 2):
+            total += t.numel * 4  # it may fill a float32 stub, widened (SPEC 7.6): counted at that size
         else:
             total += t.numel * _RAW_ITEMSIZE.get(t.dtype, 8)
     return total + sum(4 * c.group_weights(g) for g in groups)

@@ -10,7 +10,7 @@ import os
 from mrcformat.atomic import atomic_write_bytes
 from mrcformat.container import Container
 
-from .onnx_model import decoded_arrays, fill_stub, graph_model, graph_stubs, load_container, raw_initializer, \
+from .onnx_model import decoded_arrays, fill_stub, graph_model, graph_stubs, load_container, raw_initializer, stub_array, \
     serialize, wanted_names
 from .selfdecode import regenerated_weights_model, self_decoding_model
 
@@ -33,7 +33,7 @@ def to_onnx_model(container: str | os.PathLike | Container, *, self_decoding: bo
     # tensors listed as graph inputs (IR < 4 style) stay there: the initializer becomes their default
     for t, arr in decoded_arrays(c, wanted):
         if t.name in stubs:
-            fill_stub(stubs[t.name], arr)
+            fill_stub(stubs[t.name], stub_array(stubs[t.name], t, arr)[1])
         else:
             model.graph.initializer.append(raw_initializer(t.name, t.dtype, arr))
     return model
@@ -66,7 +66,7 @@ def network_model(container: str | os.PathLike | Container) -> tuple:
     top.input.extend(helper.make_tensor_value_info(t.name, 1, list(t.shape)) for t in fed if t.name not in declared)
     for t, arr in decoded_arrays(c, wanted - fed_names):
         if t.name in stubs:
-            fill_stub(stubs[t.name], arr)
+            fill_stub(stubs[t.name], stub_array(stubs[t.name], t, arr)[1])
         else:
             top.initializer.append(raw_initializer(t.name, t.dtype, arr))
     return model, [t.name for t in fed]

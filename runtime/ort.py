@@ -44,7 +44,8 @@ from mrcformat.container import Container
 from mrcformat.errors import MrcError, RuntimeGraphError
 
 from . import load_budget
-from .onnx_model import decoded_arrays, fill_stub, graph_model, graph_stubs, raw_initializer, serialize, wanted_names
+from .onnx_model import decoded_arrays, fill_stub, graph_model, graph_stubs, raw_initializer, serialize, stub_array, \
+    wanted_names
 
 __all__ = ["DEFAULT_EXTERNAL_MIN_BYTES", "DEFAULT_PROVIDERS", "ort_decoded_arrays", "session", "trim_heap"]
 
@@ -201,14 +202,15 @@ def session(src: str | os.PathLike | Container, *, self_decoding: bool = False, 
     top = model.graph
     for t, arr in arrays:
         stub = stubs.get(t.name)
+        dtype, arr = stub_array(stub, t, arr)  # 1.2: float16 / bfloat16 into a float32 stub, widened
         # external initializers are looked up among the top graph's initializers only
         external = (external_min_bytes is not None and arr.nbytes >= external_min_bytes
-                    and t.dtype in _EXTERNAL_DTYPES and (stub is None or (stub.node is None and stub.graph is top)))
+                    and dtype in _EXTERNAL_DTYPES and (stub is None or (stub.node is None and stub.graph is top)))
         if external:
             if stub is not None:  # in place, so the initializers keep their order
-                stub.tensor.CopyFrom(_external_placeholder(t.name, t.dtype, arr))
+                stub.tensor.CopyFrom(_external_placeholder(t.name, dtype, arr))
             else:
-                model.graph.initializer.append(_external_placeholder(t.name, t.dtype, arr))
+                model.graph.initializer.append(_external_placeholder(t.name, dtype, arr))
             names.append(t.name)
             values.append(_external_value(arr))
         elif stub is not None:

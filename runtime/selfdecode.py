@@ -52,7 +52,8 @@ from mrcformat.decoder import value_scales
 from mrcformat.sampler import check_coding_parameters, normal_table
 from mrcformat.streams import DOMAIN_CANDIDATE, DOMAIN_HASH, domain_word, seed_key
 
-from .onnx_model import ONNX_DTYPES, fill_stub, graph_model, graph_stubs, load_container, raw_initializer, wanted_names
+from .onnx_model import ONNX_DTYPES, fill_stub, graph_model, graph_stubs, load_container, raw_initializer, stub_array, \
+    wanted_names
 
 __all__ = [
     "DOMAIN",
@@ -647,7 +648,7 @@ def self_decoding_model_sources(container: str | os.PathLike | Container) -> tup
     for name, stub in stubs.items():
         t = c.tensor(name)
         if t.encoding == "raw":
-            fill_stub(stub, t.data)
+            fill_stub(stub, stub_array(stub, t, t.data)[1])
             continue
         if stub.node is not None:
             node = stub.node

@@ -71,6 +71,18 @@ def load_state_dict(path_or_container: str | os.PathLike | bytes | Container, de
     return decode(c, device, chunk=chunk)
 
 
+def _widened(c: Container, model) -> list[str]:
+    """Raw float16 / bfloat16 tensors whose graph stub is float32 (format 1.2, SPEC.md 7.6)."""
+    from mrcformat.container import ONNX_DATA_TYPES, WIDENS
+    from mrcformat.onnx_graphs import find_stubs
+
+    if tuple(c.version) < (1, 2):
+        return []
+    raw = {t.name for t in c.tensors if t.encoding == "raw" and t.dtype in WIDENS}
+    stubs, _ = find_stubs(model.graph, frozenset(raw))
+    return [s.name for s in stubs if s.tensor.data_type == ONNX_DATA_TYPES["float32"]]
+
+
 class LoadResult(NamedTuple):
     """What `load_into` did not match (like the value of `torch.nn.Module.load_state_dict`)."""
     missing_keys: list[str]
@@ -168,6 +180,8 @@ def load_module(path_or_container: str | os.PathLike | bytes | Container, device
     c = _checked(path_or_container, max_decoded_bytes, "load_module", with_graph=True)
     model = onnx.ModelProto.FromString(bytes(c.graph))
     tensors = decode(c, device, chunk=chunk)
+    for name in _widened(c, model):  # 1.2: a float16 / bfloat16 raw tensor filling a float32 stub
+        tensors[name] = tensors[name].float()
     try:
         module = OnnxModule(model, tensors)
     except MrcError:

@@ -172,7 +172,7 @@ def _bf16(bits: int) -> float:
 
 
 def _fields(h: dict, minor: int):
-    strict, v11 = minor <= 1, minor >= 1
+    strict, v11 = minor <= 2, minor >= 1
     top = _Map(h, "")
     top.unknown(TOP + (("graph_size",) if v11 else ()), strict)
     if top.get("sampler", lambda v: isinstance(v, str)) != "normal16":
@@ -690,7 +690,9 @@ def _graph_rules(b: bytes, tensors: list[dict], minor: int, where: str) -> None:
                     name, t = c if isinstance(c, tuple) else (c.str(8), c)
                     ft = files[name]
                     dtype = DTYPES[ft["dtype"]][1] if not ft["coded"] else 1
-                    if _has_data(t) or name in seen or (t.ints(2)[-1:] or [0])[0] != dtype or t.ints(1) != list(ft["shape"]):
+                    stub_type = (t.ints(2)[-1:] or [0])[0]
+                    widening = minor >= 2 and not ft["coded"] and ft["dtype"] in ("float16", "bfloat16") and stub_type == 1
+                    if _has_data(t) or name in seen or (stub_type != dtype and not widening) or t.ints(1) != list(ft["shape"]):
                         raise Reject("graph", where)
                     seen.add(name)
         defined = set(files) | {t.str(8) for t in top.msgs(5)} | set(sparse_names(top)) | {""}

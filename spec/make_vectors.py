@@ -130,6 +130,30 @@ def stubs_container(rng: np.random.Generator, *, with_data: bool = False, versio
         metadata={"model": "If/Loop with weights in Constant nodes and subgraph initializers"}, version=version)
 
 
+def widening_container(version=(1, 2)) -> Container:
+    """1.2 widening stubs: a float16 tensor in a float32 initializer stub and a bfloat16 tensor in a
+    float32 Constant stub (y = x * h + b); the float16 values include a subnormal, -0 and infinities."""
+    from onnx import TensorProto, helper
+
+    h = np.array([1.5, -0.0, 2.0 ** -24, 65504.0, np.inf, -np.inf, 0.1, -3.0], dtype="<f2")
+    b = np.array([0x3F80, 0xC000, 0x0001, 0x7F7F, 0x8000, 0x3E4D, 0x0000, 0x4049], dtype="<u2")  # bfloat16 bits
+    def stub(name):
+        t = TensorProto(name=name, data_type=TensorProto.FLOAT)
+        t.dims.extend([8])
+        return t
+
+    stub_h = stub("h")
+    nodes = [helper.make_node("Constant", [], ["b"], value=stub("bv")),
+             helper.make_node("Mul", ["x", "h"], ["xh"]), helper.make_node("Add", ["xh", "b"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])], initializer=[stub_h])
+    graph = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], producer_name="mrcformat-vectors",
+                              producer_version="1", ir_version=8).SerializeToString()
+    return Container(seed=5, tensors=[Tensor("h", (8,), "raw", dtype="float16", data=h),
+                                      Tensor("b", (8,), "raw", dtype="bfloat16", data=b)],
+                     graph=graph, version=version)
+
+
 def valid_vectors() -> dict[str, tuple[Container, list[str]]]:
     v: dict[str, tuple[Container, list[str]]] = {}
     rng = np.random.default_rng(1)
@@ -208,6 +232,9 @@ def valid_vectors() -> dict[str, tuple[Container, list[str]]]:
     deflated = stubs_container(np.random.default_rng(9))
     deflated.graph_deflate = True
     v["graph_deflate"] = (deflated, ["format 1.1", "zlib-compressed graph section (graph_size)"])
+    v["widening_stubs"] = (widening_container(),
+                           ["format 1.2", "a float16 tensor filling a float32 initializer stub and a bfloat16 tensor "
+                                          "filling a float32 Constant stub (widened exactly; subnormal, -0, inf)"])
     v["graph_stubs"] = (stubs_container(np.random.default_rng(9)),
                         ["format 1.1", ("graph stubs: Constant in an If branch, Constant in a Loop body nested in an "
                                         "If branch, initializer of a branch, top-level initializer (raw)")])
@@ -244,13 +271,15 @@ def invalid_vectors(valid: dict[str, bytes]) -> dict[str, tuple[bytes, str, obje
     out["graph_size_mismatch"] = (_with_header(bytes(data), lambda h: h.__setitem__("graph_size", h["graph_size"] - 1)),
                                   "graph", None)
     out["stubs_at_minor_0"] = (unchecked_bytes(stubs_container(np.random.default_rng(9), version=(1, 0))), "graph", None)
+    out["widening_stub_at_minor_1"] = (unchecked_bytes(widening_container((1, 1))), "graph", "sections[2]")
     out.update(invalid_header_vectors())
     out.update({k: v for k, v in graph_vectors().items()})
     out.update(precedence_vectors())
     out["unknown_field_minor_0"] = (edit(to_bytes(small_base()), _newer_minor_fields, (1, 0)), "unknown-field", "compression")
-    out["float_in_unknown_field_minor_2"] = (edit(to_bytes(small_base()), both(_newer_minor_fields, setp("tensors.0.doc", 0.5)),
-                                                  (1, 2)), "header-decode", 24)
+    out["float_in_unknown_field_minor_3"] = (edit(to_bytes(small_base()), both(_newer_minor_fields, setp("tensors.0.doc", 0.5)),
+                                                  (1, 3)), "header-decode", 24)
     out["unknown_field_minor_1"] = (edit(to_bytes(small_base()), _newer_minor_fields, (1, 1)), "unknown-field", "compression")
+    out["unknown_field_minor_2"] = (edit(to_bytes(small_base()), _newer_minor_fields, (1, 2)), "unknown-field", "compression")
     return out
 
 
@@ -646,8 +675,8 @@ def extra_valid_vectors() -> dict[str, tuple[bytes | Container, list[str]]]:
                                                 "a zero-length raw tensor (zero-length section)", "rank-0 raw tensors"])
     v["no_sections"] = (Container(seed=0, metadata={"note": "no tensors, no sections"}),
                         ["no groups, no tensors, no sections: the file ends at the header"])
-    v["minor_2_unknown_fields"] = (edit(to_bytes(small_base()), _newer_minor_fields, (1, 2)),
-                                   ["format 1.2 (newer minor): unknown fields at every level, ignored"])
+    v["minor_3_unknown_fields"] = (edit(to_bytes(small_base()), _newer_minor_fields, (1, 3)),
+                                   ["format 1.3 (newer minor): unknown fields at every level, ignored"])
     return v
 
 
@@ -708,7 +737,7 @@ def sha256(b: bytes) -> str:
 
 def build() -> tuple[dict[str, bytes], dict]:
     files: dict[str, bytes] = {}
-    manifest: dict = {"format_version": "1.1", "sampler": "normal16", "valid": {}, "invalid": {}}
+    manifest: dict = {"format_version": "1.2", "sampler": "normal16", "valid": {}, "invalid": {}}
     valid = {**valid_vectors(), **extra_valid_vectors()}
     for name, (c, features) in valid.items():
         data = to_bytes(c) if isinstance(c, Container) else c

@@ -29,7 +29,7 @@ EXAMPLES = int(os.environ.get("MRC_MUTATION_EXAMPLES", "150"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 BASES = ["mlp_graph.mrc", "graph_stubs.mrc", "graph_deflate.mrc", "scales.mrc", "hashing.mrc", "edge_groups.mrc",
-         "section_order.mrc", "raw_dtypes.mrc", "minor_2_unknown_fields.mrc", "no_sections.mrc"]
+         "section_order.mrc", "raw_dtypes.mrc", "minor_3_unknown_fields.mrc", "no_sections.mrc", "widening_stubs.mrc"]
 FILES = {n: (VECTORS / n).read_bytes() for n in BASES}
 
 

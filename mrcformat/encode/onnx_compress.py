@@ -68,6 +68,8 @@ class Analysis:
     tensor_sensitivity: np.ndarray
     estimator: str
     seconds: float
+    half: list = field(default_factory=list)  # uncoded float32 tensors stored as float16 (`half_sites`)
+    half_distortion: float = 0.0              # D of the original with only those rounded to float16
 
     @property
     def coded_weights(self) -> int:
@@ -80,7 +82,7 @@ class Analysis:
 
         m = onnx.ModelProto()
         m.CopyFrom(self.model)
-        strip([t for _, _, _, t in locate(m, self.sites)])
+        strip([t for _, _, _, t in locate(m, self.sites + self.half)])
         return m.SerializeToString()
 
 
@@ -125,10 +127,11 @@ def _bar(total: int, desc: str, enabled: bool):
 def analyse(model: str | os.PathLike | bytes, calibration, *, importance: str = "activation", min_elements: int = 64,
             min_ndim: int = 2, max_feeds: int | None = 64, importance_feeds: int | None = 16, trials: int = 2,
             seed: int = 0, state: dict[str, str] | None = None, sequence_length: int | None = None,
-            progress: bool = True) -> Analysis:
+            half: bool = True, progress: bool = True) -> Analysis:
     """Read the model, build the probe over the calibration inputs and estimate importances. `state`
     ({input: output}) calibrates a recurrent model as it streams: consecutive feeds form sequences of
-    `sequence_length` steps with the state carried (`calibration.Probe`)."""
+    `sequence_length` steps with the state carried (`calibration.Probe`). `half`: store the float32
+    tensors that are not coded as float16 where that keeps fidelity (`half_sites`; format 1.2)."""
     t0 = time.perf_counter()
     onnx_model = load_onnx(model)
     sites, notes = find_weights(onnx_model, min_elements, min_ndim)
@@ -152,15 +155,68 @@ def analyse(model: str | os.PathLike | bytes, calibration, *, importance: str = 
         notes.append(f"{len(unreached)} tensors ({sum(s.numel for s in sites if s.name in unreached)} weights) do not "
                      f"affect the outputs on these calibration inputs (e.g. {unreached[0]!r}); they get the floor "
                      f"importance: add inputs that reach them if they matter")
+    halves, d_half = half_sites(onnx_model, sites, probe, calibration, notes) if half else ([], 0.0)
     return Analysis(onnx_model, str(model) if not isinstance(model, (bytes, bytearray)) else "<bytes>", sites, notes,
-                    probe, h, sens, importance, time.perf_counter() - t0)
+                    probe, h, sens, importance, time.perf_counter() - t0, halves, d_half)
+
+
+# float16 for the uncoded float32 tensors only when rounding them all moves the outputs by at most this
+# much (the probe's D: mean squared output error relative to each output's power, i.e. -60 dB)
+HALF_MAX_DISTORTION = 1e-6
+HALF_MIN_ELEMENTS = 32  # below this the file's tensor entry costs about what float16 saves
+
+
+def half_sites(model, sites: list[WeightSite], probe: Probe, calibration, notes: list[str]) -> tuple[list, float]:
+    """The float32 tensors not coded (biases, normalisation scales, small tensors) that go into the file
+    as float16, filling float32 stubs (SPEC.md 7.6, format 1.2): those of at least HALF_MIN_ELEMENTS
+    values whose every value float16 holds to its precision (finite, no overflow, no subnormal loss),
+    all kept only if the model with just them rounded has output distortion D <= HALF_MAX_DISTORTION on
+    the calibration feeds (one more pass of the probe); else none, with a note."""
+    import onnx
+
+    coded = {s.name for s in sites}
+    cands, _ = find_weights(model, HALF_MIN_ELEMENTS, 0)
+    tiny = np.float32(2.0 ** -14)
+    keep = []
+    for s in cands:
+        if s.name in coded:
+            continue
+        a = s.array
+        nz = a[a != 0]
+        if nz.size and (np.abs(nz).max() > 65504 or np.abs(nz).min() < tiny):
+            continue
+        keep.append(s)
+    if not keep:
+        return [], 0.0
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    from onnx import numpy_helper
+
+    for (_, _, _, t), s in zip(locate(m, keep), keep):
+        t.CopyFrom(numpy_helper.from_array(s.array.astype(np.float16).astype(np.float32), t.name))
+    other = Probe(m, sites, probe.feeds, max_feeds=None, state=probe.state or None,
+                  sequence_length=max(len(q) for q in probe.sequences) if probe.state else None)
+    power = probe.output_power
+    total = 0.0
+    for ys, rs in zip(other.reference, probe.reference):
+        total += sum(float(np.mean(np.square(y - r))) / power[o] for y, r, o in zip(ys, rs, probe.output_names))
+    d = total / max(len(probe.reference), 1)
+    if d > HALF_MAX_DISTORTION:
+        notes.append(f"{len(keep)} uncoded tensors stay float32: float16 would move the outputs by D = {d:.3g} "
+                     f"(> {HALF_MAX_DISTORTION:g})")
+        return [], d
+    notes.append(f"{len(keep)} uncoded tensors ({sum(s.numel for s in keep)} values) stored as float16, filling "
+                 f"float32 stubs (format 1.2): output distortion of that alone D = {d:.3g}")
+    return keep, d
 
 
 def _container(analysis: Analysis, groups: list[Group], seed: int, metadata: dict) -> Container:
     tensors = [Tensor(s.name, tuple(int(d) for d in s.array.shape), "coded", group=i)
                for i, s in enumerate(analysis.sites)]
+    tensors += [Tensor(s.name, tuple(int(d) for d in s.array.shape), "raw", dtype="float16",
+                       data=s.array.astype("<f2")) for s in analysis.half]
     return Container(seed=seed, groups=groups, tensors=tensors, graph=analysis.stripped_graph, metadata=metadata,
-                     version=(1, 1), graph_deflate=True)
+                     version=(1, 2) if analysis.half else (1, 1), graph_deflate=True)
 
 
 def scale_rows(shape: tuple[int, ...], min_run: int = 64) -> int:
