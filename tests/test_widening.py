@@ -119,3 +119,26 @@ def test_float16_is_refused_where_it_would_move_the_outputs(tmp_path, monkeypatc
     out = tmp_path / "t.mrc"
     onnx_compress.compress_onnx(an, out, "8bpw", index_bits=8, progress=False)
     assert mrcformat.load(out).version == (1, 1)
+
+
+def test_cli_float16_switch(tmp_path):
+    from click.testing import CliRunner
+
+    from mrcformat.cli import main
+
+    path = tmp_path / "t.onnx"
+    feeds = _tiny_onnx(path)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, f in enumerate(feeds):
+        np.savez(calib / f"{i}.npz", **f)
+    sizes = {}
+    for flag in ("--float16", "--no-float16"):
+        out = tmp_path / f"{flag}.mrc"
+        res = CliRunner().invoke(main, ["compress", str(path), "--budget", "8bpw", "--calibration", str(calib), "-o",
+                                        str(out), "--index-bits", "8", "--importance", "tensor", flag, "--quiet"])
+        assert res.exit_code == 0, res.output
+        c = mrcformat.load(out)
+        sizes[flag] = out.stat().st_size
+        assert [t.dtype for t in c.tensors if t.encoding == "raw"] == (["float16"] if flag == "--float16" else [])
+    assert sizes["--float16"] < sizes["--no-float16"]
