@@ -221,7 +221,7 @@ def mutate_header_tree(r: random.Random, data: bytes) -> bytes:
         else:
             sp, sk = r.choice(locs)
             parent[key] = copy.deepcopy(sp[sk])
-    version = r.choice([(1, 0), (1, 1), (1, 1), (1, 2)])
+    version = r.choice([(1, 0), (1, 1), (1, 1), (1, 2), (1, 3)])
     try:
         return rebuild(h, secs, fix=True, version=version)
     except (TypeError, ValueError, OverflowError, msgpack.PackException, RecursionError):

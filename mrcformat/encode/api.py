@@ -23,7 +23,6 @@ ONNX graph without weight data, exported and checked in onnxruntime before train
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 import warnings
