@@ -213,9 +213,17 @@ def allocate(weights: list[np.ndarray], importance: list[np.ndarray], payload_by
         bsz = _bsz(n, int(b))
         real = num_blocks(n, bsz)
         g_target = real * per_block
-        lam_g = _bisect(lambda x, w=w, h=h, mu=mu, r=r: solve_group(w, h, mu, x, r, shrink).kl, g_target,
-                        lam * 1e-4, lam * 1e4, rtol=1e-3)
+
+        def kl_of(x, w=w, h=h, mu=mu, r=r):
+            return solve_group(w, h, mu, x, r, shrink).kl
+
+        lam_g = _bisect(kl_of, g_target, lam * 1e-4, lam * 1e4, rtol=1e-3)
         g = solve_group(w, h, mu, lam_g, r, shrink)
+        if abs(g.kl - g_target) > 2e-3 * g_target:
+            # outside the range near the global multiplier: a group given far more (or fewer) blocks than
+            # its share, e.g. the bytes left over put on a small group up to one weight per block
+            lam_g = _bisect(kl_of, g_target, rtol=1e-3)
+            g = solve_group(w, h, mu, lam_g, r, shrink)
         g.num_blocks, g.block_size = real, bsz
         out.append(g)
     return out
