@@ -90,6 +90,12 @@ def _stubs() -> m.Container:
     return stubs_container(np.random.default_rng(3))
 
 
+def _widening() -> m.Container:
+    from make_vectors import widening_container
+
+    return widening_container()
+
+
 def _hashed_identity() -> m.Container:
     """Hashing, an affine layout and an int64 raw tensor, read through Identity/Reshape."""
     from onnx import TensorProto, helper
@@ -116,7 +122,8 @@ def bases() -> list[tuple[str, bytes]]:
     global _BASES
     if _BASES is None:
         _BASES = [("cnn", m.to_bytes(_cnn())), ("stubs-1.1", m.to_bytes(_stubs())),
-                  ("hashed", m.to_bytes(_hashed_identity())), ("no-graph", BASE)]
+                  ("hashed", m.to_bytes(_hashed_identity())), ("no-graph", BASE),
+                  ("widening-1.2", m.to_bytes(_widening()))]
     return _BASES
 
 
