@@ -14,7 +14,7 @@ from .layout import Layout, num_blocks
 from .sampler import check_coding_parameters
 
 __all__ = ["MAGIC", "VERSION", "WRITE_VERSION", "PREAMBLE_SIZE", "SAMPLER", "DTYPES", "ONNX_DATA_TYPES",
-           "SECTION_KINDS", "WIDENS", "Group", "Tensor", "Container", "widen_to_float32"]
+           "SECTION_KINDS", "WIDENS", "Group", "Tensor", "Container", "widen_to_float32", "widening_stub"]
 
 MAGIC = b"\x89MRC\r\n\x1a\n"
 VERSION = (1, 2)        # the version this reader implements
@@ -34,6 +34,12 @@ ONNX_DATA_TYPES = {
 }
 # Raw dtypes that may fill a float32 graph stub from 1.2 on (SPEC.md 7.6), widened exactly to float32
 WIDENS = ("float16", "bfloat16")
+
+
+def widening_stub(t: "Tensor", stub_data_type: int) -> bool:
+    """Whether file tensor `t` fills a stub of ONNX type `stub_data_type` by widening (SPEC.md 7.6, 1.2):
+    a raw float16 / bfloat16 tensor in a float32 stub."""
+    return t.encoding == "raw" and t.dtype in WIDENS and stub_data_type == ONNX_DATA_TYPES["float32"]
 
 
 def widen_to_float32(dtype: str, data: np.ndarray) -> np.ndarray:

@@ -650,7 +650,7 @@ def _check_stubs(graph, tensors: list[Tensor], where: str, report: Report, widen
     """Format 1.1 stubs (SPEC.md 7.6): every initializer (any depth) named like a file tensor, and every
     Constant producing one, holds no data and has the tensor's type and dims; at most one per tensor.
     `widening` (1.2): a raw float16 or bfloat16 tensor may also fill a float32 stub."""
-    from .container import ONNX_DATA_TYPES, WIDENS
+    from .container import ONNX_DATA_TYPES, widening_stub
     from .onnx_graphs import find_stubs
 
     by_name = {t.name: t for t in tensors}
@@ -665,7 +665,7 @@ def _check_stubs(graph, tensors: list[Tensor], where: str, report: Report, widen
             report(GraphError(f"file tensor {s.name!r} has two stubs: {seen[s.name]} and {s.path}", where))
             ok = False
         seen[s.name] = s.path
-        widened = widening and t.encoding == "raw" and t.dtype in WIDENS and s.tensor.data_type == ONNX_DATA_TYPES["float32"]
+        widened = widening and widening_stub(t, s.tensor.data_type)
         if (s.tensor.data_type != ONNX_DATA_TYPES[t.dtype] and not widened) or tuple(s.tensor.dims) != tuple(t.shape):
             report(GraphError(f"stub for {s.name!r} at {s.path} has data type {s.tensor.data_type} and dims "
                               f"{list(s.tensor.dims)}; the file tensor is {t.dtype} {list(t.shape)}", where))

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from mrcformat.container import WIDENS, Container, Tensor, widen_to_float32
+from mrcformat.container import Container, Tensor, widen_to_float32, widening_stub
 from mrcformat.decoder import decode_group
 from mrcformat.errors import GraphError, LimitError
 from mrcformat.onnx_graphs import Stub, all_graphs, find_stubs
@@ -93,7 +93,7 @@ def wanted_names(c: Container, model, stubs: dict[str, Stub] | None = None) -> s
 def stub_array(stub: Stub | None, t: Tensor, arr: np.ndarray) -> tuple[str, np.ndarray]:
     """(dtype, values) of file tensor `t` as its stub holds them: a raw float16 / bfloat16 tensor in a
     float32 stub (format 1.2, SPEC.md 7.6) widened exactly to float32; anything else as it is."""
-    if stub is not None and t.dtype in WIDENS and stub.tensor.data_type == ONNX_DTYPES["float32"]:
+    if stub is not None and widening_stub(t, stub.tensor.data_type):
         return "float32", widen_to_float32(t.dtype, arr)
     return t.dtype, arr
 

@@ -73,14 +73,11 @@ def load_state_dict(path_or_container: str | os.PathLike | bytes | Container, de
 
 def _widened(c: Container, model) -> list[str]:
     """Raw float16 / bfloat16 tensors whose graph stub is float32 (format 1.2, SPEC.md 7.6)."""
-    from mrcformat.container import ONNX_DATA_TYPES, WIDENS
-    from mrcformat.onnx_graphs import find_stubs
+    from mrcformat.container import widening_stub
 
-    if tuple(c.version) < (1, 2):
-        return []
-    raw = {t.name for t in c.tensors if t.encoding == "raw" and t.dtype in WIDENS}
-    stubs, _ = find_stubs(model.graph, frozenset(raw))
-    return [s.name for s in stubs if s.tensor.data_type == ONNX_DATA_TYPES["float32"]]
+    from .onnx_model import graph_stubs
+
+    return [name for name, s in graph_stubs(c, model).items() if widening_stub(c.tensor(name), s.tensor.data_type)]
 
 
 class LoadResult(NamedTuple):

@@ -245,6 +245,10 @@ class Probe:
             outs.append([np.asarray(y, dtype=np.float64) for y in ys[:n]])
         return outs
 
+    def feed_distortion(self, i: int, outputs: list[np.ndarray]) -> float:
+        """Feed i's term of D: per measured output, mean squared error against the reference / its power."""
+        return sum(float(np.mean(np.square(y - r))) / m for y, r, m in zip(outputs, self.reference[i], self._power))
+
     @property
     def output_power(self) -> dict[str, float]:
         """{measured output: its mean power over the calibration feeds}, the denominators of D."""
@@ -270,7 +274,6 @@ class Probe:
         total, steps = 0.0, 0
         for q in which:
             for i, ys in zip(self.sequences[q], self._run_sequence(weights, self.sequences[q])):
-                total += sum(float(np.mean(np.square(y - r))) / m
-                             for y, r, m in zip(ys, self.reference[i], self._power))
+                total += self.feed_distortion(i, ys)
                 steps += 1
         return total / max(steps, 1)

@@ -155,7 +155,7 @@ def analyse(model: str | os.PathLike | bytes, calibration, *, importance: str = 
         notes.append(f"{len(unreached)} tensors ({sum(s.numel for s in sites if s.name in unreached)} weights) do not "
                      f"affect the outputs on these calibration inputs (e.g. {unreached[0]!r}); they get the floor "
                      f"importance: add inputs that reach them if they matter")
-    halves, d_half = half_sites(onnx_model, sites, probe, calibration, notes) if half else ([], 0.0)
+    halves, d_half = half_sites(onnx_model, sites, probe, notes) if half else ([], 0.0)
     return Analysis(onnx_model, str(model) if not isinstance(model, (bytes, bytearray)) else "<bytes>", sites, notes,
                     probe, h, sens, importance, time.perf_counter() - t0, halves, d_half)
 
@@ -166,7 +166,7 @@ HALF_MAX_DISTORTION = 1e-6
 HALF_MIN_ELEMENTS = 32  # below this the file's tensor entry costs about what float16 saves
 
 
-def half_sites(model, sites: list[WeightSite], probe: Probe, calibration, notes: list[str]) -> tuple[list, float]:
+def half_sites(model, sites: list[WeightSite], probe: Probe, notes: list[str]) -> tuple[list, float]:
     """The float32 tensors not coded (biases, normalisation scales, small tensors) that go into the file
     as float16, filling float32 stubs (SPEC.md 7.6, format 1.2): those of at least HALF_MIN_ELEMENTS
     values whose every value float16 holds to its precision (finite, no overflow, no subnormal loss),
@@ -196,11 +196,7 @@ def half_sites(model, sites: list[WeightSite], probe: Probe, calibration, notes:
         t.CopyFrom(numpy_helper.from_array(s.array.astype(np.float16).astype(np.float32), t.name))
     other = Probe(m, sites, probe.feeds, max_feeds=None, state=probe.state or None,
                   sequence_length=max(len(q) for q in probe.sequences) if probe.state else None)
-    power = probe.output_power
-    total = 0.0
-    for ys, rs in zip(other.reference, probe.reference):
-        total += sum(float(np.mean(np.square(y - r))) / power[o] for y, r, o in zip(ys, rs, probe.output_names))
-    d = total / max(len(probe.reference), 1)
+    d = sum(probe.feed_distortion(i, ys) for i, ys in enumerate(other.reference)) / max(len(other.reference), 1)
     if d > HALF_MAX_DISTORTION:
         notes.append(f"{len(keep)} uncoded tensors stay float32: float16 would move the outputs by D = {d:.3g} "
                      f"(> {HALF_MAX_DISTORTION:g})")

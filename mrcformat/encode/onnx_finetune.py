@@ -187,6 +187,7 @@ def finetune_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
     # sample of them: starting there only adds its coding error); the file gives the bit allocation
     student = OnnxModule(onnx.ModelProto.FromString(an.model.SerializeToString()))
     prefix = "_weights."
+    names = student._names
     outputs = None
     loader = _loader(an.probe.feeds, seed)
     if an.probe.state:  # a streaming model calibrated with its state carried: train as it streams
@@ -197,7 +198,6 @@ def finetune_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
         student = unrolled(student, an.probe.state, graph_outputs, outputs)
         prefix = "module._weights."
         loader = _sequence_loader(an, seed)
-    names = student.module._names if outputs is not None else student._names
     keys = {f"{prefix}{names[s.name]}": s.name for s in an.sites}
     bias_like = [n for n in keys if n.rpartition(".")[2].startswith("bias")]
     if bias_like:
