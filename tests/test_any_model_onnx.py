@@ -108,3 +108,36 @@ def test_a_fine_tuning_run_worse_than_its_start_keeps_the_post_training_file(tin
     assert r.kept == "post-training" and r.measured_distortion == post.measured_distortion
     assert out.read_bytes() == (tmp_path / "post.mrc").read_bytes() and r.file_bytes == out.stat().st_size
     assert "post-training file" in r.summary() and "kept" in r.summary()
+
+
+def test_finetuned_file_keeps_the_float16_tensors_that_fill_stubs(tmp_path):
+    """The post-training file stores a 40-value bias (too small to code) as float16 in its float32 stub
+    (format 1.2); the fine-tuned file must keep it: it lost every raw tensor, leaving the stub empty, and
+    onnxruntime refused the model (silero-vad: 'should contain one and only one value field')."""
+    import onnxruntime as ort
+
+    from mrcformat.encode.onnx_compress import compress_onnx
+    from mrcformat_runtime.onnx_export import to_onnx_model
+    from mrcformat_runtime.ort import session
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 40, 3), nn.ReLU(), nn.Flatten(), nn.Linear(40 * 4 * 4, 3)).eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, torch.randn(1, 3, 6, 6), str(path), dynamo=False, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    feeds = [{"x": np.random.default_rng(i).normal(size=(2, 3, 6, 6)).astype(np.float32)} for i in range(4)]
+    an = analyse(str(path), feeds, progress=False)
+    assert [s.name for s in an.half]                                    # the premise: a float16 stub
+    post = tmp_path / "post.mrc"
+    compress_onnx(an, post, "3bpw", index_bits=8, progress=False)
+    out = tmp_path / "ft.mrc"
+    finetune_onnx(an, out, "3bpw", steps=5, index_bits=8, retrain_steps=1, blocks_per_round=64, progress=False,
+                  keep_better=False)
+    p, c = mrcformat.load(post), mrcformat.load(out)
+    raw = {t.name: t.data for t in p.tensors if t.encoding == "raw"}
+    assert raw and {t.name: t.data.tobytes() for t in c.tensors if t.encoding == "raw"} == {
+        k: v.tobytes() for k, v in raw.items()}
+    assert [t.name for t in c.tensors] == [t.name for t in p.tensors] and c.version == p.version == (1, 2)
+    x = feeds[0]["x"]
+    plain = ort.InferenceSession(to_onnx_model(str(out)).SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(plain.run(None, {"x": x})[0], session(out).run(None, {"x": x})[0])

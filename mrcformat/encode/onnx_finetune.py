@@ -221,14 +221,18 @@ def finetune_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
                       **train_options)
     t_train = time.perf_counter() - t1
     c = result.container
-    tensors = [dataclasses.replace(t, name=keys[t.name]) for t in c.tensors if t.name in keys]
-    if len(tensors) != len(keys) or any(t.encoding != "coded" for t in tensors):
+    tuned = {keys[t.name]: dataclasses.replace(t, name=keys[t.name]) for t in c.tensors if t.name in keys}
+    if len(tuned) != len(keys) or any(t.encoding != "coded" for t in tuned.values()):
         raise RuntimeError("not every post-training tensor was coded by the fine-tuning run")
+    # the post-training file's tensors in its order: the coded ones from this run, the raw ones (the
+    # float16 values filling float32 stubs, SPEC 7.6) as they are: without them their stubs stay empty
+    tensors = [tuned.get(t.name, t) if t.encoding == "coded" else t for t in post_container.tensors]
     meta = {**post_container.metadata, "encoder": "mrcformat post-training + MIRACLE", "miracle_steps": str(steps)}
     container = Container(seed=c.seed, groups=c.groups, tensors=tensors, graph=post_container.graph, metadata=meta,
                           version=post_container.version, graph_deflate=post_container.graph_deflate)
     decoded = decode(container)
-    tuned = measured = an.probe.distortion({i: np.asarray(decoded[s.name]) for i, s in enumerate(an.sites)})
+    measured = an.probe.distortion({i: np.asarray(decoded[s.name]) for i, s in enumerate(an.sites)})
+    tuned_d = measured
     kept = "fine-tuned"
     if keep_better and measured > post.measured_distortion:
         container, measured, kept = post_container, post.measured_distortion, "post-training"
@@ -238,4 +242,4 @@ def finetune_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
     return FinetuneReport(str(output) if output is not None else None, post, size,
                           sum(g.payload_length for g in container.groups), measured, steps,
                           {"post_training": t_post, "miracle": t_train, "total": time.perf_counter() - t0},
-                          result.history, kept, tuned)
+                          result.history, kept, tuned_d)
