@@ -221,7 +221,8 @@ MODELS = {"pnet": (PNet, 12), "rnet": (RNet, 24), "onet": (ONet, 48), "vad": (VA
 
 
 def run(name: str, bpws: list[float], steps: int, seed: int, n_train: int, n_test: int, pre_steps: int,
-        blocks_per_round: int = 64, method: str = "mean-var") -> list[dict]:
+        blocks_per_round: int = 64, method: str = "mean-var", group_by: str = "module", per_row: bool = False,
+        index_bits: int = 12, greedy: bool = False, retrain_steps: int = 2) -> list[dict]:
     from mrcformat.encode import compress
     from mrcformat.encode.selection import coded_specs
 
@@ -243,8 +244,9 @@ def run(name: str, bpws: list[float], steps: int, seed: int, n_train: int, n_tes
         loader = DataLoader(TensorDataset(train[0]), batch_size=64, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
         t1 = time.perf_counter()
-        result = compress(model, loader, budget, steps=steps, retrain_steps=2, blocks_per_round=blocks_per_round,
-                          seed=seed, method=method,
+        result = compress(model, loader, budget, steps=steps, retrain_steps=retrain_steps, blocks_per_round=blocks_per_round,
+                          greedy=greedy,
+                          seed=seed, method=method, group_by=group_by, per_row=per_row, index_bits=index_bits,
                           progress=False, graph_deflate=True)
         wall = time.perf_counter() - t1
         student = result.load_into(cls()).eval()
@@ -252,7 +254,8 @@ def run(name: str, bpws: list[float], steps: int, seed: int, n_train: int, n_tes
         c = result.container
         raw = sum(t.data.nbytes for t in c.tensors if t.encoding == "raw")
         file_bytes = len(result.to_bytes())
-        rows.append({"model": name, "method": method, "params": params, "coded_weights": coded, "bpw_target": bpw,
+        rows.append({"model": name, "method": method, "group_by": group_by, "per_row": per_row,
+                     "index_bits": index_bits, "greedy": greedy, "retrain_steps": retrain_steps, "params": params, "coded_weights": coded, "bpw_target": bpw,
                      "payload_bytes": result.payload_bytes, "payload_bpw": 8 * result.payload_bytes / coded,
                      "raw_bytes": raw, "graph_bytes": len(c.graph or b""), "file_bytes": file_bytes,
                      "file_bpw_all_params": 8 * file_bytes / params, "float32_bytes": 4 * params,
@@ -264,6 +267,20 @@ def run(name: str, bpws: list[float], steps: int, seed: int, n_train: int, n_tes
     return rows
 
 
+def _key(r: dict) -> tuple:
+    """The model and encoder variant of a row (rows of the same key form one curve)."""
+    return (r["model"], r.get("method", "mean-var"), r.get("group_by", "module"), bool(r.get("per_row", False)),
+            r.get("index_bits", 12), bool(r.get("greedy", False)), r.get("retrain_steps", 2))
+
+
+def _variant(r: dict) -> str:
+    _, method, group_by, per_row, bits, greedy, retrain = _key(r)
+    extra = [x for x in (method if method != "mean-var" else "", "group per tensor" if group_by == "tensor" else "",
+                         "row scales" if per_row else "", f"{bits}-bit blocks" if bits != 12 else "",
+                         "greedy" if greedy else "", f"{retrain} retrain steps/round" if retrain != 2 else "") if x]
+    return f" ({', '.join(extra)})" if extra else ""
+
+
 def write(rows: list[dict], out: Path) -> None:
     lines = ["# MIRACLE on a face cascade and a VAD model (bench/any_torch.py)", "",
              "Unlabelled `compress(model, loader, budget)`; agreement = held-out decisions equal to the original's "
@@ -272,7 +289,7 @@ def write(rows: list[dict], out: Path) -> None:
              "| model | params | coded | target bpw | payload B | payload bpw | raw B | graph B (before zlib) | file B | float32 B "
              "| agreement | accuracy (orig) | steps | wall s |", "|" + "---|" * 14]
     for r in rows:
-        label = r["model"] + (f" ({r['method']})" if r.get("method", "mean-var") != "mean-var" else "")
+        label = r["model"] + _variant(r)
         lines.append(f"| {label} | {r['params']:,} | {r['coded_weights']:,} | {r['bpw_target']} | "
                      f"{r['payload_bytes']:,} | {r['payload_bpw']:.2f} | {r['raw_bytes']:,} | {r['graph_bytes']:,} | "
                      f"{r['file_bytes']:,} | {r['float32_bytes']:,} | {100 * r['agreement']:.2f}% "
@@ -285,10 +302,9 @@ def write(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, method in dict.fromkeys((r["model"], r.get("method", "mean-var")) for r in rows):
-        rs = sorted((r for r in rows if r["model"] == name and r.get("method", "mean-var") == method),
-                    key=lambda r: r["payload_bpw"])
-        ax.plot([r["payload_bpw"] for r in rs], [100 * r["agreement"] for r in rs], "o-", label=name if method == "mean-var" else f"{name} ({method})")
+    for key in dict.fromkeys(_key(r) for r in rows):
+        rs = sorted((r for r in rows if _key(r) == key), key=lambda r: r["payload_bpw"])
+        ax.plot([r["payload_bpw"] for r in rs], [100 * r["agreement"] for r in rs], "o-", label=key[0] + _variant(rs[0]))
     ax.axhline(99, color="grey", lw=0.8, ls="--")
     ax.axvline(1, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("index payload, bits per coded weight")
@@ -312,15 +328,23 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--blocks-per-round", type=int, default=64)
     ap.add_argument("--append", action="store_true", help="add to the rows already in OUT.json (other models)")
     ap.add_argument("--method", default="mean-var", choices=["mean-var", "mean-kl"])
+    ap.add_argument("--group-by", default="module", choices=["module", "tensor"])
+    ap.add_argument("--index-bits", type=int, default=12)
+    ap.add_argument("--greedy", action="store_true", help="code each block's best candidate (not MIRACLE's sample)")
+    ap.add_argument("--retrain-steps", type=int, default=2, help="training steps after each coding round")
+    ap.add_argument("--per-row", action="store_true", help="a coding scale per row of each tensor (format 1.1 scales; "
+                    "implies --group-by tensor)")
     ap.add_argument("--out", default=str(RESULTS / "any_torch"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     old = Path(a.out).with_suffix(".json")
     rows = json.loads(old.read_text()) if a.append and old.exists() else []
     for name in a.models.split(","):
-        rows = [r for r in rows if not (r["model"] == name and r.get("method", "mean-var") == a.method)]
+        group_by = "tensor" if a.per_row else a.group_by
+        key = (name, a.method, group_by, a.per_row, a.index_bits, a.greedy, a.retrain_steps)
+        rows = [r for r in rows if _key(r) != key]
         rows += run(name, [float(b) for b in a.bpw.split(",")], a.steps, a.seed, a.train, a.test, a.pretrain_steps,
-                    a.blocks_per_round, a.method)
+                    a.blocks_per_round, a.method, group_by, a.per_row, a.index_bits, a.greedy, a.retrain_steps)
     write(rows, Path(a.out))
     return rows
 

@@ -46,6 +46,11 @@ def test_finetuned_file_keeps_the_graph_and_codes_the_same_tensors(tiny, tmp_pat
     c = mrcformat.load(out)
     assert {t.name for t in c.tensors} == {s.name for s in an.sites} and all(t.encoding == "coded" for t in c.tensors)
     assert r.payload_bytes <= r.post_training.payload_bytes and r.file_bytes == out.stat().st_size
+    # per-row coding scales, as the post-training file has them (the Linear's 5 rows of 144 values)
+    from mrcformat.encode.blocks import scale_rows
+    scales = {t.shape: c.groups[t.group].scales for t in c.tensors}
+    assert len(scales[(5, 144)]) == 5 and all(
+        (v is None) == (scale_rows(k) == 1) for k, v in scales.items()) and c.version >= (1, 1)
     assert np.isfinite(r.measured_distortion) and r.measured_distortion < 4 * max(r.post_training.measured_distortion, 1e-3)
     assert r.history and r.history[0]["nll"] > 0
     sess = session(out)

@@ -7,9 +7,10 @@
 
 Any floating-point parameter can be coded, whatever module holds it (`selection.py`: weights of
 at least 64 values by default, a `CodeRule` or a callable to choose otherwise; with
-biases="coded" a module's biases join its weights' group): one group per module,
-p = N(0, sigma_p^2) per group, blocks of `index_bits` bits allotted so that the packed indices
-fit `budget_bytes`. Every other parameter and buffer is stored raw (float32 parameters are
+biases="coded" a module's biases join its weights' group): one group per module (or per
+tensor), p = N(0, sigma_p^2) per group (with `per_row`, times a fixed scale per row of a tensor:
+format 1.1 group scales), blocks of `index_bits` bits allotted so that the packed indices fit
+`budget_bytes`. Every other parameter and buffer is stored raw (float32 parameters are
 trained as point estimates alongside). Linear/Conv2d weights are trained with the local
 reparameterisation trick, every other coded parameter by sampling it once per step
 (`layers.py`).
@@ -39,7 +40,7 @@ from mrcformat.sampler import float_to_f32_bits
 from mrcformat.writer import save, to_bytes
 
 from .allocate import learn_allocation
-from .blocks import GroupSpec, allocate_blocks, build_plan
+from .blocks import GroupSpec, allocate_blocks, build_plan, scale_rows
 from .digest import state_digest
 from .distill import Distillation
 from .distributed import CodingGroup
@@ -153,7 +154,7 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
              distill_temperature: float = 4.0, distill_weight: float = 0.9, coding_group="auto",
              code=None, labels: bool | None = None, divergence="auto", dynamic_axes: dict | None = None,
              check_graph: bool = True, graph_deflate: bool = False, graph: bytes | None = None,
-             group_by: str = "module", **train_options) -> CompressResult | None:
+             group_by: str = "module", per_row: bool = False, **train_options) -> CompressResult | None:
     """Compress `model` (weights are the starting point) with MIRACLE into `budget_bytes` of indices.
 
     Args:
@@ -197,6 +198,11 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
         graph: a ready architecture graph for the file instead of the export (the caller answers for it
             reading the file's tensor names; `onnx_finetune` passes the original ONNX graph).
         group_by: "module" (a group per module) or "tensor" (a group per coded parameter).
+        per_row: a coding scale per row (format 1.1 group scales, SPEC 4.2) for every group of one
+            tensor without hashing (`blocks.scale_rows`: per axis-0 row, or runs of rows covering >= 64
+            values): p of row k is N(0, (sigma_p * scale_k)^2), scale_k that row's RMS relative to the
+            tensor's in the starting weights (2 bytes per row in the file). Groups of several tensors
+            or hashed ones keep one sigma_p.
         batch_transform: (x, generator) -> x applied to every training batch, e.g. data augmentation
             (`augment.RandomShift`); its repr is part of the run's settings (checkpoints).
         teacher: a network whose outputs the compressed one learns (knowledge distillation,
@@ -224,6 +230,9 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
     torch.manual_seed(cfg.seed)
 
     specs = coded_specs(model, biases, hashing, code, group_by)
+    if per_row:
+        specs = [replace(s, rows=scale_rows(s.members[0][1])) if len(s.members) == 1 and not s.hashing else s
+                 for s in specs]
     if not specs:
         raise ValueError(f"no parameter of the model is coded under {code or CodeRule()!r}: lower min_size or "
                          "name the parameters to code")
@@ -240,6 +249,7 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
                 "generator"}
     settings = {"budget_bytes": budget_bytes, "index_bits": index_bits, "biases": biases, "hashing": hashing,
                 "allocation": allocation, "alloc_steps": alloc_steps if allocation == "kl" else 0,
+                **({"per_row": True} if per_row else {}),  # absent when off: earlier checkpoints still match
                 "kl_margin": kl_margin, "init_std_ratio": init_std_ratio, "layout": layout,
                 "batch_transform": repr(batch_transform),
                 **{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in volatile}}
@@ -313,7 +323,8 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
 
     # --- the container: coded groups + raw tensors in state_dict order + architecture ---------
     groups = [Group(float_to_f32_bits(0.0), int(p.frozen_sigma_bits), p.plan.block_size, p.plan.index_bits,
-                    p.plan.num_values, p.plan.layout, p.plan.spec.hashing, p.index.cpu().numpy().astype(np.int64))
+                    p.plan.num_values, p.plan.layout, p.plan.spec.hashing, p.index.cpu().numpy().astype(np.int64),
+                    p.scale_bits())
               for p in trainer.posteriors]
     coded = {name: p.plan.gid for p in trainer.posteriors for name, _ in p.plan.spec.members}
     trained = trainer.model.state_dict()
@@ -329,8 +340,11 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
     meta = {"encoder": "mrcformat.encode", "method": method, "budget_bytes": str(budget_bytes),
             "index_bits": str(index_bits)}
     meta.update(metadata or {})
-    container = Container(seed=seed, groups=groups, tensors=tensors, graph=graph, metadata=meta,
-                          **({"version": (1, 1), "graph_deflate": True} if graph_deflate and graph is not None else {}))
+    deflate = graph_deflate and graph is not None
+    extra = {"graph_deflate": True} if deflate else {}
+    if deflate or any(g.scales is not None for g in groups):  # format 1.1 features
+        extra["version"] = (1, 1)
+    container = Container(seed=seed, groups=groups, tensors=tensors, graph=graph, metadata=meta, **extra)
     with torch.no_grad():
         final = {name: mean.detach().cpu().clone() for p in trainer.posteriors
                  for name, (mean, _) in p.member_moments().items()}

@@ -18,16 +18,35 @@ from mrcformat.bitpack import packed_length
 from mrcformat.layout import Layout, choose_affine, num_blocks, positions
 from mrcformat.streams import hash_words
 
-__all__ = ["GroupPlan", "GroupSpec", "allocate_blocks", "build_plan"]
+__all__ = ["GroupPlan", "GroupSpec", "allocate_blocks", "build_plan", "scale_rows"]
+
+
+def scale_rows(shape: tuple[int, ...], min_run: int = 64) -> int:
+    """How many coding scales a tensor gets (SPEC.md 4.2 group scales): one per row (C order, axis 0),
+    or per run of rows where rows are short, so that each scale (2 bytes) covers >= `min_run` values."""
+    n = int(np.prod(shape, dtype=np.int64))
+    rows = int(shape[0]) if len(shape) >= 2 else 1
+    while rows > 1 and n // rows < min_run:
+        rows = next(d for d in range(rows - 1, 0, -1) if shape[0] % d == 0)
+    return max(1, rows)
 
 
 @dataclass
 class GroupSpec:
-    """A group before planning: its member tensors (name, shape) and hashing ratio (1 = none)."""
+    """A group before planning: its member tensors (name, shape), hashing ratio (1 = none) and number
+    of coding scales (SPEC.md 4.2: value i uses scale i // (num_values / rows); 1 = the group's sigma
+    alone; more only for a group of one tensor without hashing, whose values are its elements)."""
 
     name: str
     members: list[tuple[str, tuple[int, ...]]]
     hash_ratio: float = 1.0
+    rows: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rows != 1 and (self.rows < 1 or len(self.members) != 1 or self.hash_ratio > 1
+                               or self.num_values % self.rows):
+            raise ValueError(f"group {self.name!r}: {self.rows} coding scales need one tensor, no hashing and "
+                             f"a row count dividing its {self.num_values} values")
 
     @property
     def num_weights(self) -> int:

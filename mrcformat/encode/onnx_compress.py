@@ -31,6 +31,7 @@ from mrcformat.reader import from_bytes
 from mrcformat.writer import save, to_bytes
 
 from .block_coder import code_group
+from .blocks import scale_rows
 from .calibration import Probe, state_candidates
 from .importance import estimate_importance
 from .onnx_ingest import OnnxInputError, WeightSite, find_weights, load_onnx, locate, strip
@@ -213,16 +214,6 @@ def _container(analysis: Analysis, groups: list[Group], seed: int, metadata: dic
                        data=s.array.astype("<f2")) for s in analysis.half]
     return Container(seed=seed, groups=groups, tensors=tensors, graph=analysis.stripped_graph, metadata=metadata,
                      version=(1, 2) if analysis.half else (1, 1), graph_deflate=True)
-
-
-def scale_rows(shape: tuple[int, ...], min_run: int = 64) -> int:
-    """How many coding scales a tensor gets (SPEC.md 4.2 group scales): one per row (C order, axis 0),
-    or per run of rows where rows are short, so that each scale (2 bytes) covers >= `min_run` values."""
-    n = int(np.prod(shape, dtype=np.int64))
-    rows = int(shape[0]) if len(shape) >= 2 else 1
-    while rows > 1 and n // rows < min_run:
-        rows = next(d for d in range(rows - 1, 0, -1) if shape[0] % d == 0)
-    return max(1, rows)
 
 
 def _groups_for(analysis: Analysis, nb_blocks: list[tuple[int, int]], index_bits: int, seed: int,

@@ -155,7 +155,7 @@ def _sequence_loader(an: Analysis, seed: int):
 def finetune_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.PathLike | None, budget,
                   calibration=None, *, steps: int, index_bits: int = 12, seed: int = 0, progress: bool = True,
                   divergence="probe", keep_better: bool = True, analyse_options: dict | None = None,
-                  **train_options) -> FinetuneReport:
+                  per_row: bool = True, **train_options) -> FinetuneReport:
     """Post-training coding of `model` at `budget` (as `compress_onnx`), then `steps` MIRACLE steps from
     that file (module doc); writes `output` (None: do not write). `divergence` compares the outputs
     (default "probe": the post-training coder's D, which both files are measured by: per output, mean
@@ -166,7 +166,9 @@ def finetune_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
     steps // 250 (at least 1) retraining steps after each. An analysis with `state=` trains on its
     sequences with the state carried (module doc). `keep_better`: when the fine-tuned file's output
     distortion on the calibration feeds is above the post-training file's (same payload), write the
-    post-training file instead (`report.kept` says which; short runs and high rates can end there)."""
+    post-training file instead (`report.kept` says which; short runs and high rates can end there).
+    `per_row`: each tensor's coding distribution gets a scale per row (format 1.1 group scales, as the
+    post-training file has by default), so the prior follows each row's magnitude."""
     import onnx
     from mrcformat_runtime.onnx_to_torch import OnnxModule
 
@@ -218,7 +220,7 @@ def finetune_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
                       steps=steps, seed=seed, progress=progress, labels=False, teacher=teacher, biases="raw",
                       divergence=divergence,
                       code=lambda name, p: name in keys, group_by="tensor", graph=post_container.graph,
-                      **train_options)
+                      per_row=per_row, **train_options)
     t_train = time.perf_counter() - t1
     c = result.container
     tuned = {keys[t.name]: dataclasses.replace(t, name=keys[t.name]) for t in c.tensors if t.name in keys}
@@ -229,7 +231,7 @@ def finetune_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
     tensors = [tuned.get(t.name, t) if t.encoding == "coded" else t for t in post_container.tensors]
     meta = {**post_container.metadata, "encoder": "mrcformat post-training + MIRACLE", "miracle_steps": str(steps)}
     container = Container(seed=c.seed, groups=c.groups, tensors=tensors, graph=post_container.graph, metadata=meta,
-                          version=post_container.version, graph_deflate=post_container.graph_deflate)
+                          version=max(post_container.version, c.version), graph_deflate=post_container.graph_deflate)
     decoded = decode(container)
     measured = an.probe.distortion({i: np.asarray(decoded[s.name]) for i, s in enumerate(an.sites)})
     tuned_d = measured

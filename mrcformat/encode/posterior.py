@@ -7,8 +7,9 @@ Parameters live in slot order ([num_blocks, block_size], row b = block b; see `b
 - Mean-KL: per value an unconstrained mean parameter nu and a logit; block b's KL budget is split
   over its values by softmax(logits) and q's variance is recovered in closed form
   (`lambertw.mean_kl_moments`), so each block's KL equals the budget by construction.
-p = N(0, sigma_p^2) per group with a learned log-scale; `freeze_prior` rounds sigma_p to
-bfloat16 and fixes it before any block of the group is coded. Coded blocks are fixed to their
+p = N(0, sigma_p^2) per group with a learned log-scale (times a fixed bfloat16 scale per row when the
+group has row scales, SPEC 4.2); `freeze_prior` rounds sigma_p to bfloat16 and fixes it before any
+block of the group is coded. Coded blocks are fixed to their
 chosen candidate (variance 0) and their parameters no longer matter.
 """
 from __future__ import annotations
@@ -85,10 +86,13 @@ class GroupPosterior(nn.Module):
         rms = float(values[plan.valid].pow(2).mean().sqrt()) or 1e-2
         log_sp = math.log(rms) if init_log_sp is None else float(init_log_sp)
         self.log_sp = nn.Parameter(torch.tensor(log_sp))
-        sp = math.exp(log_sp)
+        row_scale, slot_scale = self._row_scales(values, rms)
+        self.register_buffer("row_scale", row_scale)       # bfloat16 values, fixed: SPEC 4.2 group scales
+        self.register_buffer("slot_scale", slot_scale)     # each slot's row scale ([nb, bsz]; padding 1)
+        sp = math.exp(log_sp) * slot_scale                 # each slot's initial coding sigma
         if method == "mean-var":
             self.mean = nn.Parameter(values)
-            log_std = torch.full((nb * bsz,), math.log(init_std_ratio * sp))
+            log_std = torch.log(init_std_ratio * sp).reshape(-1)
             if init_log_std is not None:
                 log_std[:plan.num_values] = init_log_std.detach().float().cpu()
             self.log_std = nn.Parameter(log_std.view(nb, bsz))
@@ -114,6 +118,43 @@ class GroupPosterior(nn.Module):
             flat = flat / count.clamp_min(1)
         return flat.view(plan.num_blocks, plan.block_size)
 
+    def _row_scales(self, values: torch.Tensor, rms: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row coding scales (spec.rows of them; SPEC 4.2): each row's RMS over the group's, from the
+        starting weights, clamped to [1/64, 64] and rounded to bfloat16 (exactly what the file stores),
+        and the scale of every slot. p for a value of row k is N(0, (sigma_p * scale_k)^2): candidates
+        follow each row's magnitude, where one sigma_p for a tensor whose rows differ in scale (a
+        pretrained layer, folded normalisation) spends KL on the small rows' precision."""
+        plan = self.plan
+        rows, n = plan.spec.rows, plan.num_values
+        slot_scale = torch.ones(plan.num_blocks * plan.block_size)
+        if rows == 1:
+            return torch.ones(1), slot_scale.view(plan.num_blocks, plan.block_size)
+        row_of_slot = torch.from_numpy(plan.value_of_slot // (n // rows))
+        power = torch.zeros(rows, dtype=torch.float64).index_add_(0, row_of_slot,
+                                                                  values.reshape(-1)[:n].double() ** 2)
+        rel = (power / (n // rows)).sqrt() / max(rms, 1e-30)
+        rel = np.clip(rel.numpy(), 1.0 / 64, 64.0)
+        scale = torch.tensor([bf16_bits_to_float(float_to_bf16_bits(float(x))) for x in rel], dtype=torch.float32)
+        slot_scale[:n] = scale[row_of_slot]
+        return scale, slot_scale.view(plan.num_blocks, plan.block_size)
+
+    @property
+    def scaled(self) -> bool:
+        """True when the group has per-row coding scales."""
+        return self.plan.spec.rows > 1
+
+    def scale_bits(self) -> np.ndarray | None:
+        """The row scales as bfloat16 bit patterns (the container's `scales`), or None."""
+        if not self.scaled:
+            return None
+        return np.array([float_to_bf16_bits(float(x)) for x in self.row_scale.cpu()], dtype=np.uint16)
+
+    def slot_sigma(self) -> torch.Tensor:
+        """Each slot's coding sigma, [num_blocks, block_size] (sigma_p times its row's scale; frozen: the
+        exact float32 product a decoder forms), or sigma_p itself (a scalar) without row scales."""
+        sp = self.sigma_p()
+        return sp * self.slot_scale if self.scaled else sp
+
     # --- coding distribution --------------------------------------------------------------
     @property
     def frozen(self) -> bool:
@@ -138,7 +179,7 @@ class GroupPosterior(nn.Module):
             return self.mean, self.log_std
         logits = self.logits.masked_fill(self.invalid, _MASKED)   # padding slots get no KL
         sqrt_kl = math.sqrt(self.kl_target) * torch.exp(0.5 * torch.log_softmax(logits, dim=1))
-        return mean_kl_moments(sqrt_kl, self.nu, self.sigma_p())
+        return mean_kl_moments(sqrt_kl, self.nu, self.slot_sigma())
 
     def value_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log std) of every value in flat slot order, [num_values]: the same for any block size."""
@@ -155,7 +196,7 @@ class GroupPosterior(nn.Module):
         if self.method == "mean-kl":
             return torch.full((self.plan.num_blocks,), self.kl_target, device=self.valid.device)
         mean, log_std = self.slot_moments()
-        return (gaussian_kl(mean, log_std, self.sigma_p()) * self.valid).sum(1)
+        return (gaussian_kl(mean, log_std, self.slot_sigma()) * self.valid).sum(1)
 
     def _coded_state(self) -> tuple[bool, int, torch.Tensor]:
         """(some block coded, uncoded blocks, uncoded mask as float), recomputed only when `coded`

@@ -131,8 +131,11 @@ def refine(trainer, *, sweeps: int = 2, examples: int = 10240, regrad_every: int
                 g = grads[i][b].to(torch.float64) * valid
                 f = fisher[i][b].to(torch.float64) * valid
                 best_score, best_k, best_x = 0.0, -1, None
+                scale = p.slot_sigma()[b] if p.scaled else None   # row scales: T[u] times each slot's sigma
                 for k0, x in candidate_chunks(trainer.gen, trainer.seed, plan.gid, b, plan.block_size,
-                                              plan.index_bits, float(p.sigma_p()), chunk):
+                                              plan.index_bits, 1.0 if p.scaled else float(p.sigma_p()), chunk):
+                    if scale is not None:
+                        x = x.to(scale) * scale
                     d = x.to(torch.float64) - c
                     score = d @ g + (0.5 * mu) * ((d * d) @ f)
                     k = int(torch.argmin(score))

@@ -357,13 +357,22 @@ class MiracleTrainer:
             mean, log_std = p.slot_moments()
             rows = torch.tensor(blocks, device=mean.device)
             m, ls, v = mean.detach()[rows], log_std.detach()[rows], p.valid[rows]
-            sp = float(p.sigma_p())
+            scale = None
+            if p.scaled:  # row scales: code on the unit scale (q and p divided by each slot's sigma, the
+                # same log-weights up to a constant per block), then scale the chosen T[u] as a decoder does
+                scale = p.slot_sigma().detach()[rows]
+                m, ls, sp = m / scale, ls - torch.log(scale), 1.0
+            else:
+                sp = float(p.sigma_p())
             if self.shard is not None:
                 self.shard.share_rows(len(blocks), p.plan.block_size, m, ls, v, sp)
             kl = p.block_kl().detach().cpu()
-            for b, choice in zip(blocks, code_blocks(self.seed, p.plan.gid, blocks, p.plan.block_size,
-                                                      p.plan.index_bits, sp, m, ls, v, greedy=cfg.greedy,
-                                                      scorer=self.scorer, gen=self.gen, shard=self.shard)):
+            for r, (b, choice) in enumerate(zip(blocks, code_blocks(self.seed, p.plan.gid, blocks, p.plan.block_size,
+                                                                    p.plan.index_bits, sp, m, ls, v, greedy=cfg.greedy,
+                                                                    scorer=self.scorer, gen=self.gen,
+                                                                    shard=self.shard))):
+                if scale is not None:   # float32 (sigma * scale_k) * T[u]: exact product, one rounding
+                    choice.values = choice.values.to(scale) * scale[r]
                 chosen[(i, b)] = (choice, float(kl[b]))
         for _, i, b in self._round(st.coded_rounds):
             p = self.posteriors[i]
