@@ -14,8 +14,12 @@ plus a few per group; a large one is cut into batches so that, when the decoder 
 optimisations off, as `ort.session(self_decoding=True)` does), only one batch's intermediates live at once:
 
 - the counters of a batch go through ONE Philox4x32-10 evaluation: the chosen candidate of every block
-  of every group (or piece of a group) in it, or every pair of hashed weights; per-group parameters become
-  per-element rows by one CumSum over each segment's jumps (`_Segments`), never by a loop over groups;
+  of every group (or piece of a group) in it, or every pair of hashed weights. Candidates: per-group
+  parameters become per-element rows by one CumSum over each segment's jumps (`_Segments`). Hashing
+  pairs (LeNet-5: 215k, 40x its candidates' calls): each group's counters are a Range (and its word) of
+  its own, concatenated, and after the shared Philox each group's index, sign and gather use its own
+  constants: per-element parameter rows cost onnxruntime more than Philox there (Expand/CumSum/Split
+  of int64 rows: 12 ms against 20 ms, one thread);
 - Philox runs in uint64: a 32-bit word times a 32-bit multiplier is exact (< 2^64), hi = p >> 32,
   lo = p & (2^32 - 1); the state is two [2, N] tensors E = (x0, x2), O = (x3, x1), so a round is six
   nodes (`_f_round`); index unpacking, layout and slot arithmetic stay in int64 below 2^63;
@@ -239,11 +243,17 @@ def _f_philox(opset: int):
 def _f_table(opset: int, exceptions: bool):
     """Table(cab f64[8,2], ccd f64[8,2][, epos i64[E], evals f32[E]]) -> T f32[65536] (see module doc)."""
     b = _Builder("t")
-    powers = b.op("Range", b.const(0.0, np.float64), b.const(8.0, np.float64), b.const(1.0, np.float64))
     d17 = b.const(131072.0, np.float64)
 
     def rational(r: str, cf: str) -> str:
-        num, den = b.op("Split", b.op("MatMul", b.op("Pow", r, powers), cf), axis=1, num_outputs=2, outs=2)
+        # [1, r, ..., r^7] by repeated multiplication ([N, 1] operands: onnxruntime's fast elementwise path;
+        # Pow of [N, 1] by [8] broadcasts and cost 10x more); the products differ from pow's by ~1e-16
+        # relative, far inside the 2^-40 margin of the table encoding (checksums guard it)
+        pw = [b.op("Mul", r, b.const(0.0, np.float64)), r]
+        pw[0] = b.op("Add", pw[0], b.const(1.0, np.float64))
+        for _ in range(6):
+            pw.append(b.op("Mul", pw[-1], r))
+        num, den = b.op("Split", b.op("MatMul", b.op("Concat", *pw, axis=1), cf), axis=1, num_outputs=2, outs=2)
         return b.op("Div", num, den)
 
     def odd_range(start: float, stop: float, step: float) -> str:
@@ -406,6 +416,12 @@ class _Decoder:
             return [x]
         return self.b.op("Split", x, self.init(np.array(sizes, dtype=np.int64)), axis=0, outs=len(sizes))
 
+    def _split_pairs(self, x: str, sizes: list[int]) -> list[str]:
+        """x ([2, P]) cut along its pairs into consecutive pieces of `sizes`."""
+        if len(sizes) == 1:
+            return [x]
+        return self.b.op("Split", x, self.init(np.array(sizes, dtype=np.int64)), axis=1, outs=len(sizes))
+
     def _concat(self, parts: list[str]) -> str:
         return parts[0] if len(parts) == 1 else self.b.op("Concat", *parts, axis=0)
 
@@ -516,28 +532,28 @@ class _Decoder:
             pieces += [(gid, q0, min(self.PAIRS, npairs - q0)) for q0 in range(0, npairs, self.PAIRS)]
         out: dict[int, list[str]] = {gid: [] for gid in gids}
         for batch in self._batches(pieces, lambda p: p[2], self.PAIRS):
-            order = list(dict.fromkeys(gid for gid, _, _ in batch))
-            nvs = {gid: c.groups[gid].num_values for gid in order}
-            voff = dict(zip(order, np.cumsum([0] + [nvs[x] for x in order])[:-1].tolist()))
-            source = self._concat([values[gid] for gid in order])
+            # counters of the batch's pieces side by side: E = [q, 0], O = [word, 0] (per piece a Range from its
+            # first pair, and the word as q * 0 + word: the operator set stays small), then ONE Philox for all
             counts = [np_ for _, _, np_ in batch]
-            pairs = _Segments(self, counts, {"q0": [q0 for _, q0, _ in batch], "n": [nvs[gid] for gid, _, _ in batch],
-                                             "voff": [voff[gid] for gid, _, _ in batch],
-                                             "word": [domain_word(DOMAIN_HASH, gid) for gid, _, _ in batch]})
-            col, local = pairs.cols, pairs.local
+            qs = [b.op("Range", b.const(q0), b.const(q0 + cnt), b.const(1)) for _, q0, cnt in batch]
+            q = self._concat(qs)
+            word = self._concat([b.op("Add", b.op("Mul", qk, b.const(0)), b.const(domain_word(DOMAIN_HASH, gid)))
+                                 for qk, (gid, _, _) in zip(qs, batch)])
             pad = b.const([0, 0, 1, 0])
-            e = b.op("Pad", b.op("Add", local, col["q0"]), pad)                                 # [q, 0]
-            o = b.op("Pad", b.op("Add", b.op("Mul", local, b.const(0)), col["word"]), pad)      # [word, 0]
-            e, o = self._philox(e, o)                                                          # [x0, x2], [x3, x1]
-            index = b.op("Cast", b.op("BitShift", b.op("Mul", e, b.op("Cast", col["n"], to=13)),
-                                      b.const(np.array([32], dtype=np.uint64), np.uint64), direction="RIGHT"), to=7)
+            e, o = self._philox(b.op("Pad", b.unsq(q, 0), pad), b.op("Pad", b.unsq(word, 0), pad))  # [x0, x2], [x3, x1]
             odd = b.op("Cast", b.op("BitwiseAnd", b.op("Gather", o, b.const([1, 0]), axis=0),
                                     b.const(np.uint64(1), np.uint64)), to=1)
-            sign = b.op("Sub", b.const(1.0, np.float32), b.op("Mul", b.const(2.0, np.float32), odd))
-            w = b.op("Mul", b.op("Gather", source, b.op("Add", index, col["voff"])), sign)   # [2, P]
-            flat = b.op("Reshape", b.op("Transpose", w, perm=[1, 0]), b.const([-1]))
-            for (gid, _, _), part in zip(batch, self._split(flat, [2 * x for x in counts])):
-                out[gid].append(part)
+            sign = b.op("Sub", b.const(1.0, np.float32), b.op("Mul", b.const(2.0, np.float32), odd))   # [2, P]
+            # per piece, with its group's n and values as constants: index = (word * n) >> 32, both weights
+            # of each pair, in pair order (no per-element parameter rows: those cost more than Philox here)
+            es = self._split_pairs(e, counts)
+            signs = self._split_pairs(sign, counts)
+            for (gid, _, _), ek, sk in zip(batch, es, signs):
+                n = b.const(np.array([c.groups[gid].num_values], dtype=np.uint64), np.uint64)
+                index = b.op("Cast", b.op("BitShift", b.op("Mul", ek, n),
+                                          b.const(np.array([32], dtype=np.uint64), np.uint64), direction="RIGHT"), to=7)
+                w = b.op("Mul", b.op("Gather", values[gid], index), sk)                                # [2, p]
+                out[gid].append(b.op("Reshape", b.op("Transpose", w, perm=[1, 0]), b.const([-1])))
         result = {}
         for gid, parts in out.items():
             w = self._concat(parts)

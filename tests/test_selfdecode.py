@@ -163,7 +163,9 @@ def test_small_files_decode_in_one_batch(hashing):
 
     few, many = _groups_container(4, hashing), _groups_container(9, hashing)
     assert ops(many).count("Table") == 1 and ops(many).count("Philox") == ops(few).count("Philox") == (2 if hashing else 1)
-    assert len(ops(many)) - len(ops(few)) <= 5 * 12
+    # a hashed group adds its counters (Range, ConstantOfShape) and its index/sign/gather nodes after the
+    # shared Philox: per-group constants instead of per-element parameter rows, which cost more than Philox
+    assert len(ops(many)) - len(ops(few)) <= 5 * 17
     _assert_weights_exact(many)
     _assert_weights_exact(many, "at-run")
 
