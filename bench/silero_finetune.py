@@ -43,7 +43,8 @@ def _eval(path: Path) -> dict:
 
 
 def run(budgets: list[float], steps: int, index_bits: int, batch: int, work: Path, divergence, lr: float | None,
-        log, method: str = "mean-kl", stream: int = 0, tracks: int = 1, per_row: bool = True) -> list[dict]:
+        log, method: str = "mean-kl", stream: int = 0, tracks: int = 1, per_row: bool = True,
+        greedy: bool = False) -> list[dict]:
     import torch
 
     from mrcformat.encode.onnx_compress import analyse
@@ -63,7 +64,7 @@ def run(budgets: list[float], steps: int, index_bits: int, batch: int, work: Pat
     rows = []
     for b in budgets:
         out = work / f"ft_{b}bpw_s{steps}.mrc"
-        opts = ({"lr": lr} if lr is not None else {}) | {"method": method, "per_row": per_row}
+        opts = ({"lr": lr} if lr is not None else {}) | {"method": method, "per_row": per_row, "greedy": greedy}
         t0 = time.perf_counter()
         r = finetune_onnx(an, out, f"{b}bpw", steps=steps, index_bits=index_bits, progress=True,
                           divergence=divergence, keep_better=False, **opts)
@@ -79,7 +80,7 @@ def run(budgets: list[float], steps: int, index_bits: int, batch: int, work: Pat
                    ft_bits_per_param=8 * r.file_bytes / an.coded_weights,
                    post_distortion=post.measured_distortion, ft_distortion=r.measured_distortion,
                    seconds=r.seconds, wall_seconds=wall, method=method, stream=stream, tracks=tracks, batch=batch,
-                   per_row=per_row,
+                   per_row=per_row, greedy=greedy,
                    post={k: v for k, v in ev_post.items()}, ft={k: v for k, v in ev_ft.items()})
         rows.append(row)
         log(f"{b} bpw: D post {post.measured_distortion:.4g} fine-tuned {r.measured_distortion:.4g}; "
@@ -109,6 +110,7 @@ def _setting(r: dict) -> str:
            else "one step per example")
     data = f", {r['tracks']} training tracks" if r.get("tracks", 1) > 1 else ""
     rows = ", row scales" if r.get("per_row") else ""   # rows before per-row training had none
+    rows += ", greedy" if r.get("greedy") else ""
     return f"{r['method']}, {r['steps']} steps, {r['index_bits']}-bit blocks{rows}, {how}{data}"
 
 
@@ -116,7 +118,7 @@ def write(rows: list[dict], meta: dict, append: bool = False) -> None:
     RESULTS.mkdir(exist_ok=True)
     old = RESULTS / "silero_finetune.json"
     if append and old.exists():  # rows of other settings kept; a row of the same setting replaced
-        key = ("budget_bpw", "steps", "index_bits", "method", "stream", "tracks", "batch", "per_row")
+        key = ("budget_bpw", "steps", "index_bits", "method", "stream", "tracks", "batch", "per_row", "greedy")
         new = {tuple(r.get(k) for k in key) for r in rows}
         prev = json.loads(old.read_text())
         rows = [r for r in prev["rows"] if tuple(r.get(k) for k in key) not in new] + rows
@@ -189,6 +191,7 @@ def main(argv=None) -> int:
                          "per example, the original's state fed)")
     ap.add_argument("--no-per-row", action="store_true",
                     help="one coding sigma per tensor in the fine-tuned file (finetune_onnx per_row=False)")
+    ap.add_argument("--greedy", action="store_true", help="code each block's best candidate (finetune_onnx greedy=True)")
     ap.add_argument("--work", default="/tmp/silero_finetune")
     ap.add_argument("--note", default="")
     ap.add_argument("--no-write", action="store_true")
@@ -211,7 +214,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows = run([float(b) for b in a.budgets.split(",")], a.steps, a.index_bits, a.batch, work, a.divergence, a.lr,
-               lambda m: print(m, flush=True), a.method, a.stream, a.tracks, not a.no_per_row)
+               lambda m: print(m, flush=True), a.method, a.stream, a.tracks, not a.no_per_row, a.greedy)
     args = " ".join(sys.argv[1:] if argv is None else argv)
     args = re.sub(r" ?--(work|note) \S+( [^-]\S*)*", "", args)  # paths and the free-text note
     meta = dict(argv=args, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
