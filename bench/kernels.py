@@ -9,6 +9,9 @@
 2. Whole files at LeNet-5 and VGG-16 scale (bench/_models.py): `mrcformat.decode` (numpy arrays) and
    `load_state_dict` (torch) against safetensors `load_file(backend="pread")` of the decoded weights,
    ratios of medians measured side by side in one run.
+   Also in fresh processes (--fresh N rounds, one load per process, imports and first-use costs
+   outside the timing): what loading a model once costs, where every byte of the output is a fresh
+   page for both (a warm loop reuses freed pages, which flatters whichever allocates more).
 3. Candidate scoring (generate + score, float64), the encoder's inner loop: candidate values/s per
    scorer for a few block sizes.
 
@@ -162,6 +165,50 @@ def whole_files(args, cpus: int, folder: str) -> list[str]:
     return lines
 
 
+FRESH_CHILD = r"""
+import json, sys, time
+import mrcformat as m
+from mrcformat.sampler import normal_table
+from mrcformat_runtime.torch_load import load_state_dict
+import safetensors.torch
+case, mrc, st = sys.argv[1:4]
+normal_table(); m.load(mrc)  # imports, the table, the file in the page cache: outside the timing
+f = {"safetensors": lambda: safetensors.torch.load_file(st, backend="pread"),
+     "decode": lambda: m.decode(m.load(mrc)), "load_state_dict": lambda: load_state_dict(mrc)}[case]
+t = time.perf_counter(); f(); print(json.dumps(time.perf_counter() - t))
+"""
+
+
+def fresh_files(args, cpus: int, folder: str) -> list[str]:
+    """VGG-16 loaded once per fresh process: safetensors, mrcformat.decode, load_state_dict (1 and all threads)."""
+    import safetensors.numpy
+    import subprocess
+
+    _, c = build("vgg16", graph=False)
+    path = os.path.join(folder, "fresh.safetensors")
+    safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in m.decode(c).items()}, path)
+    mrc = os.path.join(folder, "fresh.mrc")
+    m.save(c, mrc)
+    cases = [("safetensors.torch.load_file(pread)", "safetensors", 1)]
+    for t in sorted({1, cpus}):
+        cases += [(f"mrcformat.decode(load) (native, {t} thread{'s' if t > 1 else ''})", "decode", t),
+                  (f"load_state_dict (torch CPU, native, {t} thread{'s' if t > 1 else ''})", "load_state_dict", t)]
+    times = {label: [] for label, _, _ in cases}
+    for _ in range(args.fresh):  # side by side: one process per case per round
+        for label, case, t in cases:
+            env = dict(os.environ, MRCFORMAT_THREADS=str(t))
+            out = subprocess.run([sys.executable, "-c", FRESH_CHILD, case, mrc, path], capture_output=True, text=True,
+                                 env=env, check=True).stdout
+            times[label].append(float(out.strip().splitlines()[-1]))
+    ref = statistics.median(times[cases[0][0]])
+    lines = ["| model | case | median ms (fresh process) | ratio to safetensors |", "|---|---|---|---|"]
+    for label, ts in times.items():
+        med = statistics.median(ts)
+        lines.append(f"| vgg16 | {label} | {med * 1e3:.1f} | {med / ref:.2f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def _with_threads(n, fn):
     with Threads(n):
         return fn()
@@ -202,6 +249,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--bits", type=int, default=14)
     ap.add_argument("--rows", type=int, default=4)
+    ap.add_argument("--fresh", type=int, default=7, help="rounds of fresh-process whole-file loads (0: skip)")
+    ap.add_argument("--only-fresh", action="store_true", help="run only the fresh-process section (to OUT-fresh.md)")
     ap.add_argument("--out", default="bench/results/kernels")
     args = ap.parse_args()
     cpus = kernels.threads()
@@ -209,9 +258,20 @@ def main() -> None:
     head = [f"# Kernels: decode and scoring throughput\n",
             f"Machine: {cpus} CPUs available to the process, {device}; native code path: {kernels.isa()}. "
             f"Medians of {args.repeats} runs, wall time.\n"]
+    fresh_head = ["", "## Whole files, each load in a fresh process (VGG-16, random indices)\n",
+                  f"Medians of {args.fresh} rounds; imports, the table and the file's first read are outside the "
+                  "timing. Every output page is fresh for both here.\n"]
+    if args.only_fresh:
+        with tempfile.TemporaryDirectory() as folder:
+            lines = fresh_files(args, cpus, folder)
+        Path(args.out + "-fresh.md").write_text("\n".join(head + fresh_head + lines) + "\n")
+        print(f"table: {args.out}-fresh.md")
+        return
     with tempfile.TemporaryDirectory() as folder:
         dec_lines, rows = decode_sizes(args, cpus, folder)
         file_lines = whole_files(args, cpus, folder)
+        if args.fresh > 0:
+            file_lines += fresh_head + fresh_files(args, cpus, folder)
     score_lines = scoring(args, cpus)
     text = "\n".join(head + ["## Decode throughput against group size (one group, 16-bit indices, block 96)\n"]
                      + dec_lines + ["", "## Whole files (random indices; bench/_models.py)\n"] + file_lines
