@@ -301,15 +301,17 @@ def write(rows: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in dict.fromkeys(_key(r) for r in rows):
-        rs = sorted((r for r in rows if _key(r) == key), key=lambda r: r["payload_bpw"])
-        ax.plot([r["payload_bpw"] for r in rs], [100 * r["agreement"] for r in rs], "o-", label=key[0] + _variant(rs[0]))
+    fig, ax = plt.subplots(figsize=(7, 7.5))
+    keys = list(dict.fromkeys(_key(r) + (r["steps"],) for r in rows))   # a curve per variant and step count
+    for i, key in enumerate(keys):
+        rs = sorted((r for r in rows if _key(r) + (r["steps"],) == key), key=lambda r: r["payload_bpw"])
+        ax.plot([r["payload_bpw"] for r in rs], [100 * r["agreement"] for r in rs], "o-", color=plt.cm.tab20(i % 20),
+                label=f"{key[0]}{_variant(rs[0])}, {key[-1]} steps")
     ax.axhline(99, color="grey", lw=0.8, ls="--")
     ax.axvline(1, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("index payload, bits per coded weight")
     ax.set_ylabel("agreement with the original, % (held out)")
-    ax.legend()
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=110)
