@@ -508,11 +508,15 @@ class _Decoder:
         if g.scales is None and g.layout.kind != "affine":
             return b.op("Add", b.op("Mul", slot, b.const(np.float32(sigma), np.float32)), mu_c)
         sv = None if g.scales is None else self.init(np.asarray(value_scales(g), dtype=np.float32))
+        grid = _gather_grid(g.layout.a, n, self.VALUES) if g.layout.kind == "affine" else None
+        step = self.VALUES if grid is None else (self.VALUES // grid) * grid   # chunks of whole grid rows
         parts = []
-        for i0 in range(0, n, self.VALUES):
-            i1 = min(n, i0 + self.VALUES)
+        for i0 in range(0, n, step):
+            i1 = min(n, i0 + step)
             i = b.op("Range", b.const(i0), b.const(i1), b.const(1))
-            if g.layout.kind == "affine":
+            if grid is not None:
+                t = self._grid_gather(slot, g.layout.a, g.layout.c, n, i0, i1, grid)
+            elif g.layout.kind == "affine":
                 p = b.op("Mod", b.op("Add", b.op("Mul", i, b.const(g.layout.a)), b.const(g.layout.c)), b.const(n))
                 t = b.op("Gather", slot, p)
             else:
@@ -521,6 +525,18 @@ class _Decoder:
                  else b.op("Gather", sv, b.op("Div", i, b.const(n // len(g.scales)))))
             parts.append(b.op("Add", b.op("Mul", t, m), mu_c))
         return self._concat(parts)
+
+    def _grid_gather(self, slot: str, a: int, c: int, n: int, i0: int, i1: int, m: int) -> str:
+        """slot[(a*i + c) mod n] for i in [i0, i1), gathered in the order of a [m, k] grid, i = i0 + col*m + row,
+        then transposed back: along a grid row p moves by a*m mod n, a few floats (`_gather_grid`), so
+        consecutive reads share cache lines where i order jumps by a across the whole tensor."""
+        b = self.b
+        k = -(-(i1 - i0) // m)
+        rows = b.unsq(b.op("Mul", b.op("Range", b.const(0), b.const(m), b.const(1)), b.const(a)), 1)      # [m, 1]
+        cols = b.unsq(b.op("Mul", b.op("Range", b.const(0), b.const(k), b.const(1)), b.const(a * m)), 0)  # [1, k]
+        p = b.op("Mod", b.op("Add", b.op("Add", rows, cols), b.const(a * i0 + c)), b.const(n))           # < 2^62
+        t = b.op("Reshape", b.op("Transpose", b.op("Gather", slot, p), perm=[1, 0]), b.const([-1]))
+        return t if k * m == i1 - i0 else b.op("Slice", t, b.const([0]), b.const([i1 - i0]))
 
     def _hashed(self, gids: list[int], values: dict[int, str]) -> dict[int, str]:
         """gid -> float32 [nw] for hashed groups: two weights per Philox pair,
@@ -585,6 +601,24 @@ class _Decoder:
 
     def functions(self, opset: int) -> list:
         return functions(opset)
+
+
+GRID_MIN_VALUES = 1 << 16   # below this a group's slots (256 KiB) sit in cache in any order
+GRID_MAX_STEP = 16           # floats a grid row may move per read and still share cache lines
+
+
+def _gather_grid(a: int, n: int, chunk: int) -> int | None:
+    """Rows m of the read grid for an affine layout's gather (a*i + c) mod n: the m in [1, chunk / 16]
+    whose step a*m mod n lies closest to 0 (either side), if that step is at most GRID_MAX_STEP floats;
+    else None (gather in i order). Measured on a 2.36 M-value group (onnxruntime, one thread): 68 ms
+    in i order, 28 ms by the grid with its transpose (m = 10,360, step 8)."""
+    if n < GRID_MIN_VALUES:
+        return None
+    ms = np.arange(1, max(2, min(n // 16, chunk // 16) + 1), dtype=np.int64)
+    d = (a * ms) % n
+    step = np.minimum(d, n - d)
+    best = int(np.argmin(step))
+    return int(ms[best]) if step[best] <= GRID_MAX_STEP else None
 
 
 def _default_opset(model) -> int | None:

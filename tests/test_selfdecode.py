@@ -163,7 +163,7 @@ def test_small_files_decode_in_one_batch(hashing):
 
     few, many = _groups_container(4, hashing), _groups_container(9, hashing)
     assert ops(many).count("Table") == 1 and ops(many).count("Philox") == ops(few).count("Philox") == (2 if hashing else 1)
-    # a hashed group adds its counters (Range, ConstantOfShape) and its index/sign/gather nodes after the
+    # a hashed group adds its counters (Range, q * 0 + word) and its index/sign/gather nodes after the
     # shared Philox: per-group constants instead of per-element parameter rows, which cost more than Philox
     assert len(ops(many)) - len(ops(few)) <= 5 * 17
     _assert_weights_exact(many)
@@ -245,4 +245,48 @@ def test_internal_names_avoid_file_names():
     tensors = [Tensor(n, (2,), "coded", group=0) for n in names]
     groups[0] = make_group(10, block_size=3, index_bits=2, rng=rng)
     c = Container(seed=3, groups=groups, tensors=tensors)
+    _assert_weights_exact(c)
+
+
+def _grid_layout(n: int) -> Layout:
+    """An affine layout of n values whose gather runs by grid (the first seed that gives one)."""
+    from mrcformat.layout import choose_affine
+
+    for seed in range(100):
+        lay = choose_affine(n, seed, 0)
+        if sd._gather_grid(lay.a, n, sd._Decoder.VALUES) is not None:
+            return lay
+    raise AssertionError("no seed gives a grid")
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_large_affine_groups_gather_by_grid(monkeypatch, scaled):
+    """An affine group of >= GRID_MIN_VALUES values reads its slots in the order of a [m, k] grid whose rows
+    step at most GRID_MAX_STEP floats (cache lines shared), then transposes back: the same bits, in one
+    chunk and in many (chunks of whole grid rows, the last one partial), with and without row scales."""
+    import dataclasses
+
+    n = 70_000
+    lay = _grid_layout(n)
+    m = sd._gather_grid(lay.a, n, sd._Decoder.VALUES)
+    step = (lay.a * m) % n
+    assert 1 <= m <= n // 16 and min(step, n - step) <= sd.GRID_MAX_STEP
+    rng = np.random.default_rng(11)
+    g = make_group(n, block_size=64, index_bits=8, rng=rng, layout=lay)
+    if scaled:
+        g = dataclasses.replace(g, sigma_bits=0x3F80, scales=rng.integers(0x3E00, 0x4000, size=100).astype(np.uint16))
+    c = Container(seed=1, groups=[g], tensors=[Tensor("w", (n,), "coded", group=0)], version=(1, 1) if scaled else (1, 0))
+    def transposes():
+        return [node.op_type for node in sd.regenerated_weights_model(c).graph.node].count("Transpose")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(sd, "GRID_MIN_VALUES", n + 1)                  # i order: no grid
+        plain = transposes()
+        _assert_weights_exact(c, "at-run")
+    assert transposes() == plain + 1                              # one chunk, one grid
+    _assert_weights_exact(c, "at-run")
+    monkeypatch.setattr(sd._Decoder, "VALUES", 16 * m + 7)      # rows m: chunks of 16 columns
+    assert sd._gather_grid(lay.a, n, sd._Decoder.VALUES) == m
+    assert transposes() == plain + -(-n // (16 * m))
+    _assert_weights_exact(c, "at-run")
     _assert_weights_exact(c)
