@@ -40,6 +40,22 @@ def _cases() -> list[tuple[Path, bool]]:
 
 CASES = _cases()
 IDS = [f"{p.parent.name}/{p.stem}-{'selfdecoding' if sd else 'plain'}" for p, sd in CASES]
+GRID_ID = "generated/affine-grid-selfdecoding"   # a group large enough for the grid-ordered gather
+IDS.append(GRID_ID)
+
+
+def _grid_container():
+    """One affine group of 70,000 values whose self-decoding gather runs by grid (selfdecode._gather_grid)."""
+    from mrcformat import Container, Tensor
+    from mrcformat.layout import choose_affine
+    from mrcformat_runtime import selfdecode as sd
+    from strategies import make_group
+
+    n = 70_000
+    lay = next(lay for lay in (choose_affine(n, s, 0) for s in range(100))
+               if sd._gather_grid(lay.a, n, sd._Decoder.VALUES) is not None)
+    g = make_group(n, block_size=64, index_bits=8, rng=np.random.default_rng(11), layout=lay)
+    return Container(seed=1, groups=[g], tensors=[Tensor("w", (n,), "coded", group=0)])
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +72,11 @@ def probes(tmp_path_factory) -> dict:
         f.write_bytes(model.SerializeToString())
         ref = decode(c)
         table[cid] = (f, names, [np.asarray(ref[n]) for n in names])
+    c = _grid_container()
+    model, names = weights_probe(c, self_decoding=True)
+    f = out / "generated_affine-grid.onnx"
+    f.write_bytes(model.SerializeToString())
+    table[GRID_ID] = (f, names, [np.asarray(decode(c)[n]) for n in names])
     return table
 
 
