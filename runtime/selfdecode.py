@@ -410,17 +410,11 @@ class _Decoder:
         rk, m, s, f = self._round_consts
         return b.fn("Philox", b.op("Cast", e, to=13), b.op("Cast", o, to=13), rk, m, s, f, outs=2)
 
-    def _split(self, x: str, sizes: list[int]) -> list[str]:
-        """x (1-D) cut into consecutive pieces of `sizes`."""
+    def _split(self, x: str, sizes: list[int], axis: int = 0) -> list[str]:
+        """x cut along `axis` into consecutive pieces of `sizes`."""
         if len(sizes) == 1:
             return [x]
-        return self.b.op("Split", x, self.init(np.array(sizes, dtype=np.int64)), axis=0, outs=len(sizes))
-
-    def _split_pairs(self, x: str, sizes: list[int]) -> list[str]:
-        """x ([2, P]) cut along its pairs into consecutive pieces of `sizes`."""
-        if len(sizes) == 1:
-            return [x]
-        return self.b.op("Split", x, self.init(np.array(sizes, dtype=np.int64)), axis=1, outs=len(sizes))
+        return self.b.op("Split", x, self.init(np.array(sizes, dtype=np.int64)), axis=axis, outs=len(sizes))
 
     def _concat(self, parts: list[str]) -> str:
         return parts[0] if len(parts) == 1 else self.b.op("Concat", *parts, axis=0)
@@ -562,8 +556,8 @@ class _Decoder:
             sign = b.op("Sub", b.const(1.0, np.float32), b.op("Mul", b.const(2.0, np.float32), odd))   # [2, P]
             # per piece, with its group's n and values as constants: index = (word * n) >> 32, both weights
             # of each pair, in pair order (no per-element parameter rows: those cost more than Philox here)
-            es = self._split_pairs(e, counts)
-            signs = self._split_pairs(sign, counts)
+            es = self._split(e, counts, axis=1)
+            signs = self._split(sign, counts, axis=1)
             for (gid, _, _), ek, sk in zip(batch, es, signs):
                 n = b.const(np.array([c.groups[gid].num_values], dtype=np.uint64), np.uint64)
                 index = b.op("Cast", b.op("BitShift", b.op("Mul", ek, n),

@@ -211,6 +211,13 @@ def _mixed_data(n=64, t=5, hw=4, seed=1):
     return torch.randint(0, 20, (n, t), generator=g), torch.randn(n, 2, hw, hw, generator=g)
 
 
+def _mixed_compress(model, tokens, images, budget: int, **kw):
+    """compress(Mixed) without labels from a fresh seeded loader: every call sees the same batches."""
+    loader = DataLoader(TensorDataset(tokens, images), batch_size=16, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    return compress(model, loader, budget, index_bits=8, retrain_steps=1, progress=False, **kw)
+
+
 def test_mixed_model_compresses_without_labels_and_loads_back_three_ways(tmp_path):
     from mrcformat_runtime.ort import session
     from mrcformat_runtime.torch_load import load_module, load_state_dict
@@ -261,10 +268,7 @@ def test_unlabelled_run_is_reproducible_and_matches_after_resume(tmp_path):
     tokens, images = _mixed_data(32)
 
     def run(**kw):
-        loader = DataLoader(TensorDataset(tokens, images), batch_size=16, shuffle=True,
-                            generator=torch.Generator().manual_seed(0))
-        return compress(model, loader, 300, index_bits=8, steps=12, retrain_steps=1, blocks_per_round=32,
-                        seed=4, progress=False, **kw)
+        return _mixed_compress(model, tokens, images, 300, steps=12, blocks_per_round=32, seed=4, **kw)
 
     first = run().to_bytes()
     assert run().to_bytes() == first

@@ -5,16 +5,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import mrcformat as m  # noqa: E402
-from mrcformat.encode import compress  # noqa: E402
 from mrcformat.encode.blocks import GroupSpec, build_plan, scale_rows  # noqa: E402
 from mrcformat.encode.lambertw import gaussian_kl  # noqa: E402
 from mrcformat.encode.posterior import GroupPosterior  # noqa: E402
 from mrcformat.sampler import bf16_bits_to_float, float_to_bf16_bits  # noqa: E402
 
-from test_any_model import Mixed, _mixed_data  # noqa: E402
+from test_any_model import Mixed, _mixed_compress, _mixed_data  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
 
@@ -83,11 +81,8 @@ def test_per_row_file_decodes_to_the_trained_values_in_every_loader(tmp_path, me
     torch.manual_seed(0)
     model = Mixed()
     tokens, images = _mixed_data()
-    loader = DataLoader(TensorDataset(tokens, images), batch_size=16, shuffle=True,
-                        generator=torch.Generator().manual_seed(0))
-    r = compress(model, loader, 400, index_bits=8, steps=20, retrain_steps=1, blocks_per_round=32, seed=2,
-                 progress=False, per_row=True, group_by="tensor", method=method, refine_sweeps=1,
-                 refine_examples=32)
+    r = _mixed_compress(model, tokens, images, 400, steps=20, blocks_per_round=32, seed=2, per_row=True,
+                        group_by="tensor", method=method, refine_sweeps=1, refine_examples=32)
     c = r.container
     assert c.version >= (1, 1)
     scaled = {t.name: c.groups[t.group] for t in c.tensors if t.encoding == "coded" and c.groups[t.group].scales is not None}
@@ -118,10 +113,8 @@ def test_per_row_changes_the_run_and_its_checkpoint_fingerprint(tmp_path):
     tokens, images = _mixed_data(32)
 
     def run(**kw):
-        loader = DataLoader(TensorDataset(tokens, images), batch_size=16, shuffle=True,
-                            generator=torch.Generator().manual_seed(0))
-        return compress(model, loader, 300, index_bits=8, steps=6, retrain_steps=1, blocks_per_round=64, seed=4,
-                        progress=False, group_by="tensor", **kw)
+        return _mixed_compress(model, tokens, images, 300, steps=6, blocks_per_round=64, seed=4, group_by="tensor",
+                               **kw)
 
     plain, rows = run().to_bytes(), run(per_row=True).to_bytes()
     assert rows != plain and run(per_row=True).to_bytes() == rows

@@ -233,8 +233,7 @@ def finetune_onnx(model: str | os.PathLike | bytes | Analysis, output: str | os.
     container = Container(seed=c.seed, groups=c.groups, tensors=tensors, graph=post_container.graph, metadata=meta,
                           version=max(post_container.version, c.version), graph_deflate=post_container.graph_deflate)
     decoded = decode(container)
-    measured = an.probe.distortion({i: np.asarray(decoded[s.name]) for i, s in enumerate(an.sites)})
-    tuned_d = measured
+    tuned_d = measured = an.probe.distortion({i: np.asarray(decoded[s.name]) for i, s in enumerate(an.sites)})
     kept = "fine-tuned"
     if keep_better and measured > post.measured_distortion:
         container, measured, kept = post_container, post.measured_distortion, "post-training"

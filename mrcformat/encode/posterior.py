@@ -147,7 +147,7 @@ class GroupPosterior(nn.Module):
         """The row scales as bfloat16 bit patterns (the container's `scales`), or None."""
         if not self.scaled:
             return None
-        return np.array([float_to_bf16_bits(float(x)) for x in self.row_scale.cpu()], dtype=np.uint16)
+        return (self.row_scale.cpu().numpy().view(np.uint32) >> 16).astype(np.uint16)   # exact bfloat16 values
 
     def slot_sigma(self) -> torch.Tensor:
         """Each slot's coding sigma, [num_blocks, block_size] (sigma_p times its row's scale; frozen: the
