@@ -22,7 +22,10 @@ optimisations off, as `ort.session(self_decoding=True)` does), only one batch's 
   of int64 rows: 12 ms against 20 ms, one thread);
 - Philox runs in uint64: a 32-bit word times a 32-bit multiplier is exact (< 2^64), hi = p >> 32,
   lo = p & (2^32 - 1); the state is two [2, N] tensors E = (x0, x2), O = (x3, x1), so a round is six
-  nodes (`_f_round`); index unpacking, layout and slot arithmetic stay in int64 below 2^63;
+  nodes (`_f_round`); index unpacking, layout and slot arithmetic stay in int64 below 2^63. Decoders
+  that run once (`regenerated_weights_model`: the two-step form, `ort.session(self_decoding=True)`) run
+  Philox as a Loop over the rounds instead (`_Decoder._philox_loop`): onnxruntime opens a graph in time
+  per node, and a Loop is one node where the unrolled rounds are seventy;
 - affine layouts are v[i] = slot[(a*i + c) mod n] (a*i < 2^62); hashed weights come two per pair,
   index = (word * n) >> 32, sign from the next word's low bit.
 
@@ -377,10 +380,10 @@ class _Decoder:
     PAIRS = 1 << 19
     VALUES = 1 << 20
 
-    def __init__(self, c: Container, prefix: str):
+    def __init__(self, c: Container, prefix: str, loop: bool = False):
         from onnx import numpy_helper
 
-        self.c, self.nh = c, numpy_helper
+        self.c, self.nh, self.loop = c, numpy_helper, loop
         self.b = _Builder(prefix)
         self.inits: list = []
         self._table = None
@@ -401,14 +404,55 @@ class _Decoder:
     def _philox(self, e: str, o: str) -> tuple[str, str]:
         """Philox4x32-10 of counters E = [c0, c2], O = [c3, c1] (int64 [2, N]) -> ([x0, x2], [x3, x1]) in uint64."""
         b = self.b
+        e, o = b.op("Cast", e, to=13), b.op("Cast", o, to=13)
         if self._round_consts is None:  # round keys k + r*W mod 2^32 from the file's seed, shared by all batches
             k0, k1 = seed_key(self.c.seed)
-            keys = np.array([[[(k1 + r * PHILOX_W1) & 0xFFFFFFFF], [(k0 + r * PHILOX_W0) & 0xFFFFFFFF]]
-                             for r in range(10)], dtype=np.uint64).reshape(20, 1)
-            self._round_consts = (self.init(keys), self.init(np.array([[PHILOX_M0], [PHILOX_M1]], dtype=np.uint64)),
-                                  self.init(np.array([32], dtype=np.uint64)), self.init(np.array([0xFFFFFFFF], dtype=np.uint64)))
-        rk, m, s, f = self._round_consts
-        return b.fn("Philox", b.op("Cast", e, to=13), b.op("Cast", o, to=13), rk, m, s, f, outs=2)
+            keys = np.array([[(k1 + r * PHILOX_W1) & 0xFFFFFFFF, (k0 + r * PHILOX_W0) & 0xFFFFFFFF] for r in range(10)],
+                            dtype=np.uint64)                                                    # [10, 2]: k1, k0
+            u64 = lambda *v: self.init(np.array(v, dtype=np.uint64))  # noqa: E731
+            if self.loop:  # per round [1] k0 and k1 (Gather by the iteration number), M0 and M1 apart
+                self._round_consts = (self.init(keys[:, 1:].copy()), self.init(keys[:, :1].copy()),
+                                      u64(PHILOX_M0), u64(PHILOX_M1), u64(32), u64(0xFFFFFFFF))
+            else:
+                self._round_consts = (self.init(keys.reshape(20, 1)), self.init(np.array([[PHILOX_M0], [PHILOX_M1]],
+                                                                                         dtype=np.uint64)),
+                                      u64(32), u64(0xFFFFFFFF))
+        if self.loop:
+            return self._philox_loop(e, o, *self._round_consts)
+        return b.fn("Philox", e, o, *self._round_consts, outs=2)
+
+    def _philox_loop(self, e: str, o: str, k0s: str, k1s: str, m0: str, m1: str, s: str, f: str) -> tuple[str, str]:
+        """Philox as a Loop over the ten rounds, for decoders that run once (`regenerated_weights_model`).
+
+        onnxruntime opens a graph in time per node (measured: ~0.05 ms a node in Python, ~0.4 ms in
+        onnxruntime-web), and ten unrolled rounds are 70 nodes per Philox; a Loop body is one small graph.
+        The body keeps the four words as separate [1, N] rows: 10 N element operations a round instead of
+        the [2, N] form's 12 N (no reversing Gather). A Loop is not constant-folded, which is why the
+        self-decoding model keeps the unrolled functions."""
+        from onnx import TensorProto, helper
+
+        b = self.b
+        x0, x2 = self._split(e, [1, 1])
+        x3, x1 = self._split(o, [1, 1])
+        count = b.const(10)
+        outer, saved = b.nodes, b._consts
+        b.nodes, b._consts = [], {}
+        it, cond = b.fresh(), b.fresh()
+        ins = [b.fresh() for _ in range(4)]                                                    # x0, x1, x2, x3
+        k0, k1 = b.op("Gather", k0s, it, axis=0), b.op("Gather", k1s, it, axis=0)          # [1]
+        p0, p1 = b.op("Mul", ins[0], m0), b.op("Mul", ins[2], m1)
+        y0 = b.op("BitwiseXor", b.op("BitwiseXor", b.op("BitShift", p1, s, direction="RIGHT"), ins[1]), k0)
+        y2 = b.op("BitwiseXor", b.op("BitwiseXor", b.op("BitShift", p0, s, direction="RIGHT"), ins[3]), k1)
+        y1, y3 = b.op("BitwiseAnd", p1, f), b.op("BitwiseAnd", p0, f)
+        cond_out = b.op("Identity", cond)
+        vi, u64 = helper.make_tensor_value_info, TensorProto.UINT64
+        body = helper.make_graph(b.nodes, "philox_round",
+                                 [vi(it, TensorProto.INT64, []), vi(cond, TensorProto.BOOL, [])]
+                                 + [vi(x, u64, None) for x in ins],
+                                 [vi(cond_out, TensorProto.BOOL, [])] + [vi(y, u64, None) for y in (y0, y1, y2, y3)])
+        b.nodes, b._consts = outer, saved
+        y0, y1, y2, y3 = b.op("Loop", count, "", x0, x1, x2, x3, outs=4, body=body)
+        return b.op("Concat", y0, y2, axis=0), b.op("Concat", y3, y1, axis=0)
 
     def _split(self, x: str, sizes: list[int], axis: int = 0) -> list[str]:
         """x cut along `axis` into consecutive pieces of `sizes`."""
@@ -594,7 +638,8 @@ class _Decoder:
                          outs=[rename.get(m.name, m.name)], allowzero=1)
 
     def functions(self, opset: int) -> list:
-        return functions(opset)
+        """The model-local functions the decoder calls (with Loop-Philox only Table)."""
+        return [f for f in functions(opset) if not self.loop or f.name == "Table"]
 
 
 GRID_MIN_VALUES = 1 << 16   # below this a group's slots (256 KiB) sit in cache in any order
@@ -726,9 +771,14 @@ def self_decoding_model_sources(container: str | os.PathLike | Container) -> tup
 _AS_DECODED = {"bfloat16": "uint16", "bool": "uint8"}  # raw dtypes numpy/mrcformat.decode represent differently
 
 
-def regenerated_weights_model(container: str | os.PathLike | Container, names: Iterable[str] | None = None):
+def regenerated_weights_model(container: str | os.PathLike | Container, names: Iterable[str] | None = None, *,
+                              loop: bool = True):
     """A model without inputs whose outputs are the file's tensors (all, or those called `names`, in header
-    order), by name, regenerated in-graph.
+    order), by name, regenerated in-graph: a decoder to run once (graph optimisations off).
+
+    `loop`: Philox as an ONNX Loop over its ten rounds (fewer nodes, so it opens faster: the two-step
+    decoder and `ort.session(self_decoding=True)`); False: the unrolled functions of the self-decoding
+    model, which onnxruntime can constant-fold.
 
     Coded tensors come out as float32, raw ones as `mrcformat.decode` returns them: their stored dtype,
     except bfloat16 as its uint16 bit patterns (onnxruntime's Python API cannot return bfloat16) and
@@ -737,7 +787,7 @@ def regenerated_weights_model(container: str | os.PathLike | Container, names: I
 
     c = load_container(container)
     chosen = {t.name for t in c.tensors} if names is None else set(names)
-    dec = _Decoder(c, _prefix({t.name for t in c.tensors}))
+    dec = _Decoder(c, _prefix({t.name for t in c.tensors}), loop=loop)
     dec.tensors(chosen)
     outputs = []
     for t in (t for t in c.tensors if t.name in chosen):

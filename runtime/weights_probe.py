@@ -31,6 +31,16 @@ def _plain_sources(c: Container) -> tuple:
     return model, dict(sorted(sources.items()))
 
 
+def _subgraph_reads(node) -> set[str]:
+    """Every value name read by a node inside the node's subgraphs (a superset of what they take from outside)."""
+    out: set[str] = set()
+    for a in node.attribute:
+        for sub in list(a.g.node if a.HasField("g") else []) + [n for gr in a.graphs for n in gr.node]:
+            out.update(i for i in sub.input if i)
+            out |= _subgraph_reads(sub)
+    return out
+
+
 def weights_probe(container: str | os.PathLike | Container, *, self_decoding: bool) -> tuple:
     """(model, names): the export's decoder with output i = the regenerated coded tensor names[i].
 
@@ -54,6 +64,7 @@ def weights_probe(container: str | os.PathLike | Container, *, self_decoding: bo
         if needed.intersection(node.output):
             kept.append(node)
             needed.update(i for i in node.input if i)
+            needed.update(_subgraph_reads(node))  # a Loop body's outer-scope values (Philox's constants)
     kept.reverse()
     kept += [helper.make_node("Identity", [sources[n]], [o]) for n, o in zip(names, outs)]
     inits = [t for t in g.initializer if t.name in needed]

@@ -30,16 +30,19 @@ def _session(model, level: str = "folded") -> ort.InferenceSession:
 
 
 def _assert_weights_exact(c: Container, level: str = "folded") -> None:
-    model = sd.regenerated_weights_model(c)
-    onnx.checker.check_model(model, full_check=True)
-    assert [o.name for o in model.graph.output] == [t.name for t in c.tensors]
-    if not c.tensors:  # onnxruntime refuses a graph without outputs
-        return
-    outs = _session(model, level).run(None, {})
-    for t, got in zip(c.tensors, outs):
-        want = np.asarray(decode(c)[t.name])
-        assert got.dtype == want.dtype and got.shape == want.shape, t.name
-        assert got.tobytes() == want.tobytes(), t.name  # bit for bit
+    """Both decoder forms (Philox as a Loop, and as the self-decoding model's unrolled functions) give the
+    numpy decoder's bits."""
+    for loop in (True, False):
+        model = sd.regenerated_weights_model(c, loop=loop)
+        onnx.checker.check_model(model, full_check=True)
+        assert [o.name for o in model.graph.output] == [t.name for t in c.tensors]
+        if not c.tensors:  # onnxruntime refuses a graph without outputs
+            return
+        outs = _session(model, level).run(None, {})
+        for t, got in zip(c.tensors, outs):
+            want = np.asarray(decode(c)[t.name])
+            assert got.dtype == want.dtype and got.shape == want.shape, (t.name, loop)
+            assert got.tobytes() == want.tobytes(), (t.name, loop)  # bit for bit
 
 
 # --------------------------------------------------------------------------------------- table
@@ -158,11 +161,12 @@ def _groups_container(count: int, hashing: bool = False) -> Container:
 def test_small_files_decode_in_one_batch(hashing):
     """One table and one Philox evaluation per kind of counter (candidates, hashing) for the whole file; a
     group adds only its own few nodes (layout, scale, split), no Philox."""
-    def ops(c):
-        return [n.op_type for n in sd.regenerated_weights_model(c).graph.node]
+    def ops(c, loop=False):
+        return [n.op_type for n in sd.regenerated_weights_model(c, loop=loop).graph.node]
 
     few, many = _groups_container(4, hashing), _groups_container(9, hashing)
     assert ops(many).count("Table") == 1 and ops(many).count("Philox") == ops(few).count("Philox") == (2 if hashing else 1)
+    assert ops(many, True).count("Loop") == (2 if hashing else 1) and "Philox" not in ops(many, True)
     # a hashed group adds its counters (Range, q * 0 + word) and its index/sign/gather nodes after the
     # shared Philox: per-group constants instead of per-element parameter rows, which cost more than Philox
     assert len(ops(many)) - len(ops(few)) <= 5 * 17
@@ -178,7 +182,8 @@ def test_large_groups_decode_in_pieces(monkeypatch, hashing):
     monkeypatch.setattr(sd._Decoder, "PAIRS", 5)
     monkeypatch.setattr(sd._Decoder, "VALUES", 11)
     c = _groups_container(4, hashing)
-    assert [n.op_type for n in sd.regenerated_weights_model(c).graph.node].count("Philox") >= 5
+    assert [n.op_type for n in sd.regenerated_weights_model(c, loop=False).graph.node].count("Philox") >= 5
+    assert [n.op_type for n in sd.regenerated_weights_model(c).graph.node].count("Loop") >= 5
     _assert_weights_exact(c)
     _assert_weights_exact(c, "at-run")
 
