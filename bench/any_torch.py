@@ -16,6 +16,7 @@ included). Writes bench/results/any_torch.{md,png}.
 
     nice python bench/any_torch.py [--bpw 0.5,1,2] [--steps 600] [--models pnet,rnet,onet,vad] [--threads 1]
         [--blocks-per-round 64] [--append]     (--append: keep OUT.json's rows of the other models)
+        [--rtn 8,6,5,4 --append]               (reference rows: round-to-nearest, no training)
 """
 from __future__ import annotations
 
@@ -262,22 +263,60 @@ def run(name: str, bpws: list[float], steps: int, seed: int, n_train: int, n_tes
                      "agreement": float((got == orig).float().mean()), "orig_accuracy": orig_acc,
                      "accuracy": float((got == truth).float().mean()), "held_out": int(got.numel()),
                      "steps": steps, "blocks_per_round": blocks_per_round, "pretrain_steps": pre_steps,
-                     "n_train": n_train, "wall_s": round(wall, 1), "data_s": round(data_s, 1)})
+                     "n_train": n_train, "seed": seed, "wall_s": round(wall, 1), "data_s": round(data_s, 1)})
         print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def rtn(name: str, bits_list: list[int], seed: int, n_train: int, n_test: int, pre_steps: int) -> list[dict]:
+    """Reference without training: the same original, each coded tensor rounded to the nearest of 2^b - 1
+    symmetric levels (scale = max |w| / (2^(b-1) - 1), per tensor and per row), held-out agreement as for
+    MIRACLE. How sensitive a model's decisions are to weight noise, at bit rates far above MIRACLE's."""
+    from mrcformat.encode.selection import coded_specs
+
+    cls, size = MODELS[name]
+    torch.manual_seed(seed)
+    train = faces(n_train, size, seed) if size else speech(n_train, seed)
+    test = faces(n_test, size, seed + 1) if size else speech(n_test, seed + 1)
+    model = pretrain(name, cls(), train, pre_steps, seed)
+    truth = test[1].bool()
+    orig = decisions(name, model, test[0])
+    coded = {m for s in coded_specs(model) for m, _ in s.members}
+    rows = []
+    for bits in bits_list:
+        for per_row in (False, True):
+            q = cls()
+            q.load_state_dict(model.state_dict())
+            with torch.no_grad():
+                for pname, prm in q.named_parameters():
+                    if pname not in coded:
+                        continue
+                    w = prm.view(prm.shape[0], -1) if per_row and prm.dim() > 1 else prm.view(1, -1)
+                    top = 2 ** (bits - 1) - 1
+                    scale = (w.abs().amax(1, keepdim=True) / top).clamp_min(1e-30)
+                    prm.copy_(((w / scale).round().clamp(-top, top) * scale).view_as(prm))
+            got = decisions(name, q.eval(), test[0])
+            rows.append({"model": name, "method": "rtn", "bits": bits, "per_row": per_row,
+                         "coded_weights": sum(s.num_weights for s in coded_specs(model)),
+                         "agreement": float((got == orig).float().mean()), "accuracy": float((got == truth).float().mean()),
+                         "orig_accuracy": float((orig == truth).float().mean()), "held_out": int(got.numel())})
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def _key(r: dict) -> tuple:
     """The model and encoder variant of a row (rows of the same key form one curve)."""
     return (r["model"], r.get("method", "mean-var"), r.get("group_by", "module"), bool(r.get("per_row", False)),
-            r.get("index_bits", 12), bool(r.get("greedy", False)), r.get("retrain_steps", 2))
+            r.get("index_bits", 12), bool(r.get("greedy", False)), r.get("retrain_steps", 2), r.get("n_train", 4000),
+            r.get("seed", 0))
 
 
 def _variant(r: dict) -> str:
-    _, method, group_by, per_row, bits, greedy, retrain = _key(r)
+    _, method, group_by, per_row, bits, greedy, retrain, n_train, seed = _key(r)
     extra = [x for x in (method if method != "mean-var" else "", "group per tensor" if group_by == "tensor" else "",
                          "row scales" if per_row else "", f"{bits}-bit blocks" if bits != 12 else "",
-                         "greedy" if greedy else "", f"{retrain} retrain steps/round" if retrain != 2 else "") if x]
+                         "greedy" if greedy else "", f"{retrain} retrain steps/round" if retrain != 2 else "",
+                         f"{n_train:,} training inputs" if n_train != 4000 else "", f"seed {seed}" if seed else "") if x]
     return f" ({', '.join(extra)})" if extra else ""
 
 
@@ -288,6 +327,8 @@ def write(rows: list[dict], out: Path) -> None:
              "file = the whole .mrc (zlib graph, raw PReLU slopes / small tensors / the VAD's STFT matrix included).", "",
              "| model | params | coded | target bpw | payload B | payload bpw | raw B | graph B (before zlib) | file B | float32 B "
              "| agreement | accuracy (orig) | steps | wall s |", "|" + "---|" * 14]
+    refs = [r for r in rows if r.get("method") == "rtn"]
+    rows = [r for r in rows if r.get("method") != "rtn"]
     for r in rows:
         label = r["model"] + _variant(r)
         lines.append(f"| {label} | {r['params']:,} | {r['coded_weights']:,} | {r['bpw_target']} | "
@@ -295,8 +336,17 @@ def write(rows: list[dict], out: Path) -> None:
                      f"{r['file_bytes']:,} | {r['float32_bytes']:,} | {100 * r['agreement']:.2f}% "
                      f"({r['held_out']:,}) | {100 * r['accuracy']:.1f}% ({100 * r['orig_accuracy']:.1f}%) | "
                      f"{r['steps']} | {r['wall_s']} |")
+    if refs:
+        lines += ["", "Reference without training (`--rtn`): each coded tensor rounded to the nearest of 2^b - 1 "
+                  "symmetric levels (scale = max |w| over the tensor, or over each row), same original and held-out "
+                  "inputs; bits per weight exclude the scales.", "",
+                  "| model | rounding | bits per weight | agreement | accuracy (orig) |", "|---|---|---|---|---|"]
+        for r in sorted(refs, key=lambda r: (r["model"], r["per_row"], -r["bits"])):
+            lines.append(f"| {r['model']} | {'per row' if r['per_row'] else 'per tensor'} | {r['bits']} | "
+                         f"{100 * r['agreement']:.2f}% ({r['held_out']:,}) | {100 * r['accuracy']:.1f}% "
+                         f"({100 * r['orig_accuracy']:.1f}%) |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(rows + refs, indent=1) + "\n")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -307,6 +357,10 @@ def write(rows: list[dict], out: Path) -> None:
         rs = sorted((r for r in rows if _key(r) + (r["steps"],) == key), key=lambda r: r["payload_bpw"])
         ax.plot([r["payload_bpw"] for r in rs], [100 * r["agreement"] for r in rs], "o-", color=plt.cm.tab20(i % 20),
                 label=f"{key[0]}{_variant(rs[0])}, {key[-1]} steps")
+    for j, model in enumerate(sorted({r["model"] for r in refs})):
+        rs = sorted((r for r in refs if r["model"] == model and r["per_row"]), key=lambda r: r["bits"])
+        ax.plot([r["bits"] for r in rs], [100 * r["agreement"] for r in rs], "x--", color="grey", alpha=0.5 + 0.5 * (j == 0),
+                label=f"{model}: round-to-nearest per row (no training), bits per weight")
     ax.axhline(99, color="grey", lw=0.8, ls="--")
     ax.axvline(1, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("index payload, bits per coded weight")
@@ -336,14 +390,19 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--retrain-steps", type=int, default=2, help="training steps after each coding round")
     ap.add_argument("--per-row", action="store_true", help="a coding scale per row of each tensor (format 1.1 scales; "
                     "implies --group-by tensor)")
+    ap.add_argument("--rtn", default="", help="bits (comma-separated): only the round-to-nearest reference rows")
     ap.add_argument("--out", default=str(RESULTS / "any_torch"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     old = Path(a.out).with_suffix(".json")
     rows = json.loads(old.read_text()) if a.append and old.exists() else []
     for name in a.models.split(","):
+        if a.rtn:
+            rows = [r for r in rows if not (r.get("method") == "rtn" and r["model"] == name)]
+            rows += rtn(name, [int(b) for b in a.rtn.split(",")], a.seed, a.train, a.test, a.pretrain_steps)
+            continue
         group_by = "tensor" if a.per_row else a.group_by
-        key = (name, a.method, group_by, a.per_row, a.index_bits, a.greedy, a.retrain_steps)
+        key = (name, a.method, group_by, a.per_row, a.index_bits, a.greedy, a.retrain_steps, a.train, a.seed)
         rows = [r for r in rows if _key(r) != key]
         rows += run(name, [float(b) for b in a.bpw.split(",")], a.steps, a.seed, a.train, a.test, a.pretrain_steps,
                     a.blocks_per_round, a.method, group_by, a.per_row, a.index_bits, a.greedy, a.retrain_steps)

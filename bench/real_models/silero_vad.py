@@ -425,6 +425,20 @@ def uniform_quant(bits: int) -> Callable[[np.ndarray], np.ndarray]:
     return q
 
 
+def rtn_per_row(bits: int, min_elements: int = 64, min_ndim: int = 2) -> Callable[[np.ndarray], np.ndarray]:
+    """Symmetric round-to-nearest per row (first axis), 2**bits - 1 levels, on the tensors `mrc compress`
+    codes by default (>= 64 elements, >= 2 dimensions); smaller ones unchanged."""
+    top = 2 ** (bits - 1) - 1
+
+    def q(a: np.ndarray) -> np.ndarray:
+        if a.size < min_elements or a.ndim < min_ndim:
+            return a
+        w = a.reshape(a.shape[0], -1)
+        scale = np.maximum(np.abs(w).max(axis=1, keepdims=True) / top, 1e-30)
+        return (np.clip(np.round(w / scale), -top, top) * scale).reshape(a.shape).astype(np.float32)
+    return q
+
+
 # ---------------------------------------------------------------- main
 
 def _main() -> None:
@@ -458,6 +472,7 @@ def _main() -> None:
     rows += [("default, fp16 round-trip", perturb(base, to_fp16)),
              ("default, 8-bit per tensor", perturb(base, uniform_quant(8))),
              ("default, 4-bit per tensor", perturb(base, uniform_quant(4)))]
+    rows += [(f"default, {b}-bit per row (RTN)", perturb(base, rtn_per_row(b))) for b in (8, 6, 5, 4)]
     print(f"\nheld-out: {audio.size / SR:.1f} s; original = {base.name}")
     print(f"{'candidate':28s} {'frames':>6s} {'max|dp|':>9s} {'mean|dp|':>9s} {'agree':>7s} "
           f"{'segs o/c':>8s} {'IoU':>6s} {'eval s':>6s}")
