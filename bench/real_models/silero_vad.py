@@ -30,7 +30,7 @@ on sr) never run here, so damage to them cannot show in these metrics.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import importlib.machinery
 import json
 import os
 import subprocess
@@ -106,7 +106,9 @@ _HELDOUT_VOICES = ["en-gb-scotland+f4", "en-us+m7", "en-gb-x-gbclan+f2", "en-us+
 
 def model_paths() -> dict[str, Path]:
     """The .onnx files inside the installed silero_vad wheel, by short key (no torch import)."""
-    spec = importlib.util.find_spec("silero_vad")
+    here = Path(__file__).resolve().parent  # run as a file, this folder is on sys.path and holds silero_vad.py
+    path = [p for p in sys.path if Path(p or ".").resolve() != here]
+    spec = importlib.machinery.PathFinder.find_spec("silero_vad", path)
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError("pip install --no-deps silero-vad")
     data = Path(spec.origin).parent / "data"
