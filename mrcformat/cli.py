@@ -268,7 +268,7 @@ def main() -> None:
     Errors are one line on stderr: "mrc: error: PATH: CODE at WHERE: MESSAGE".
     """
     # torch's CPU allocator asks Linux for transparent huge pages only when this is set, and training
-    # writes fresh activation-sized tensors every step: page faults per step 8x fewer, steps 5-11% faster
+    # writes fresh activation-sized tensors every step: page faults per step 8x fewer, steps 3-11% faster
     # (bench/results/train_step.md). Read by torch at its first allocation; torch is imported later.
     if "torch" not in sys.modules:
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")

@@ -383,7 +383,7 @@ def _hash_gather(seed: int, gid: int, values: torch.Tensor, t0: int, t1: int, ou
 def _empty_f32(n: int, dev: torch.device) -> torch.Tensor:
     """An uninitialised float32 [n] tensor; on the CPU numpy's memory (it asks Linux for transparent huge
     pages on large arrays, torch's allocator does not): a fresh decode writes every page once, and 4 KiB
-    page faults were a quarter of VGG-16's load_state_dict in a fresh process."""
+    page faults were a third of VGG-16's load_state_dict in a fresh process."""
     if dev.type == "cpu":
         return torch.from_numpy(np.empty(n, dtype=np.float32))
     return torch.empty(n, dtype=torch.float32, device=dev)

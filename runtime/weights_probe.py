@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from mrcformat.container import Container
+from mrcformat.onnx_graphs import all_graphs
 
 from .onnx_model import graph_stubs, load_container
 from .selfdecode import regenerated_weights_model, self_decoding_model_sources
@@ -32,13 +33,9 @@ def _plain_sources(c: Container) -> tuple:
 
 
 def _subgraph_reads(node) -> set[str]:
-    """Every value name read by a node inside the node's subgraphs (a superset of what they take from outside)."""
-    out: set[str] = set()
-    for a in node.attribute:
-        for sub in list(a.g.node if a.HasField("g") else []) + [n for gr in a.graphs for n in gr.node]:
-            out.update(i for i in sub.input if i)
-            out |= _subgraph_reads(sub)
-    return out
+    """Every value name read inside the node's subgraphs, at any depth (a superset of what they take from outside)."""
+    subs = [a.g for a in node.attribute if a.HasField("g")] + [g for a in node.attribute for g in a.graphs]
+    return {i for sub in subs for g in all_graphs(sub) for n in g.node for i in n.input if i}
 
 
 def weights_probe(container: str | os.PathLike | Container, *, self_decoding: bool) -> tuple:

@@ -46,8 +46,8 @@ GRID_ID = "generated/affine-grid-selfdecoding"   # a group large enough for the 
 IDS.append(GRID_ID)
 # the run-once decoder (`regenerated_weights_model`, Philox as a Loop) of every file with a graph: what the
 # two-step form's weights file and `ort.session(self_decoding=True)` run, with graph optimisations off
-DECODER_IDS = [f"{p.parent.name}/{p.stem}-decoder" for p, sd in CASES if not sd]
-IDS += DECODER_IDS
+DECODER_CASES = [(p, f"{p.parent.name}/{p.stem}-decoder") for p, sd in CASES if not sd]
+IDS += [cid for _, cid in DECODER_CASES]
 NO_OPT = {"graphOptimizationLevel": "disabled"}
 
 
@@ -79,19 +79,19 @@ def probes(tmp_path_factory) -> dict:
         f.write_bytes(model.SerializeToString())
         ref = decode(c)
         table[cid] = (f, names, [np.asarray(ref[n]) for n in names], {})
-    for (path, sd), cid in zip(CASES, IDS):
-        if sd:
-            continue
+    for path, cid in DECODER_CASES:
         c = load(path)
         names = [t.name for t in c.tensors if t.encoding == "coded"]
-        f = out / (cid.replace("/", "_") + "-decoder.onnx")
+        f = out / (cid.replace("/", "_") + ".onnx")
         f.write_bytes(regenerated_weights_model(c, names).SerializeToString())
-        table[f"{path.parent.name}/{path.stem}-decoder"] = (f, names, [np.asarray(decode(c)[n]) for n in names], NO_OPT)
+        ref = decode(c)
+        table[cid] = (f, names, [np.asarray(ref[n]) for n in names], NO_OPT)
     c = _grid_container()
     model, names = weights_probe(c, self_decoding=True)
     f = out / "generated_affine-grid.onnx"
     f.write_bytes(model.SerializeToString())
-    table[GRID_ID] = (f, names, [np.asarray(decode(c)[n]) for n in names], {})
+    ref = decode(c)
+    table[GRID_ID] = (f, names, [np.asarray(ref[n]) for n in names], {})
     return table
 
 
