@@ -45,10 +45,11 @@ def export(src: str | os.PathLike | Container, dst: str | os.PathLike, *, self_d
 
 
 def network_model(container: str | os.PathLike | Container) -> tuple:
-    """(model, names): the stored graph with every coded tensor it reads from the top graph declared as a
-    float32 graph input of that name (`names`, in header order); raw tensors, and coded ones whose stub sits
-    inside a subgraph or a Constant node, are stored as in the plain export. The network half of the
-    two-step form (`export_two_step`)."""
+    """(model, names): the stored graph with every coded tensor it needs declared as a float32 input of
+    the top graph under its own name (`names`, in header order); raw tensors are stored as in the plain
+    export. A coded tensor's stub, at any depth, is taken out of the graph (the initializer, or the
+    Constant node that produced the name), so a subgraph that read it reads the graph input of that name
+    from its outer scope instead. The network half of the two-step form (`export_two_step`)."""
     from onnx import helper
 
     c = load_container(container)
@@ -56,19 +57,30 @@ def network_model(container: str | os.PathLike | Container) -> tuple:
     stubs = graph_stubs(c, model)
     wanted = wanted_names(c, model, stubs)
     top = model.graph
-    fed = [t for t in c.tensors if t.name in wanted and t.encoding == "coded"
-           and (t.name not in stubs or (stubs[t.name].node is None and stubs[t.name].graph is top))]
+    fed = [t for t in c.tensors if t.name in wanted and t.encoding == "coded"]
     fed_names = {t.name for t in fed}
-    keep = [i for i in top.initializer if i.name not in fed_names]  # top-graph stubs become inputs
-    del top.initializer[:]
-    top.initializer.extend(keep)
-    declared = {i.name for i in top.input}
-    top.input.extend(helper.make_tensor_value_info(t.name, 1, list(t.shape)) for t in fed if t.name not in declared)
+    # fill the raw tensors' stubs first: rebuilding a graph's lists below copies its messages
     for t, arr in decoded_arrays(c, wanted - fed_names):
         if t.name in stubs:
             fill_stub(stubs[t.name], stub_array(stubs[t.name], t, arr)[1])
         else:
             top.initializer.append(raw_initializer(t.name, t.dtype, arr))
+    # take the fed tensors' stubs out, deepest graphs first: rebuilding a graph's lists copies its
+    # messages, subgraphs included, so a subgraph must be edited before the graph holding it is rebuilt
+    taken = [stubs[t.name] for t in fed if t.name in stubs]
+    graphs = {id(s.graph): (s.path.count("/"), s.graph) for s in taken}
+    graphs.setdefault(id(top), (0, top))  # a 1.0 file's top graph may name a coded tensor in its initializers
+    for _, g in sorted(graphs.values(), key=lambda x: -x[0]):
+        keep_init = [i for i in g.initializer if i.name not in fed_names]
+        keep_nodes = [nd for nd in g.node if not (nd.op_type == "Constant" and nd.output and nd.output[0] in fed_names)]
+        if len(keep_init) < len(g.initializer):
+            del g.initializer[:]
+            g.initializer.extend(keep_init)
+        if len(keep_nodes) < len(g.node):
+            del g.node[:]
+            g.node.extend(keep_nodes)
+    declared = {i.name for i in top.input}
+    top.input.extend(helper.make_tensor_value_info(t.name, 1, list(t.shape)) for t in fed if t.name not in declared)
     return model, [t.name for t in fed]
 
 

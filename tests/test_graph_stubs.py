@@ -102,3 +102,33 @@ def test_files_without_stubs_are_still_written_as_1_0():
     c = m.load(Path(__file__).resolve().parents[1] / "spec" / "vectors" / "mlp_graph.mrc")
     assert c.version == (1, 0)
     assert m.to_bytes(c)[8:12] == b"\x01\x00\x00\x00"
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_two_step_form_feeds_stubs_at_any_depth(tmp_path, flag):
+    """`export_two_step` on a graph whose coded weights all sit in subgraphs (a Constant in an If branch, an
+    initializer of the other branch, a Constant in a Loop body): the decoder outputs every coded tensor, the
+    network holds none of their data (its subgraphs read them from its inputs), and the pair gives the
+    reference outputs. Before, only top-graph stubs were fed: this decoder had no outputs at all and
+    onnxruntime refused it."""
+    from mrcformat_runtime.onnx_export import export_two_step
+
+    c = m.from_bytes(m.to_bytes(_container()))
+    d = m.decode(c)
+    weights, network = tmp_path / "w.onnx", tmp_path / "n.onnx"
+    export_two_step(c, weights, network)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    dec = ort.InferenceSession(str(weights), opts, providers=["CPUExecutionProvider"])
+    fed = dict(zip([o.name for o in dec.get_outputs()], dec.run(None, {})))
+    assert sorted(fed) == ["w_else", "w_loop", "w_then"]
+    for name, arr in fed.items():
+        assert arr.dtype == np.float32 and arr.tobytes() == np.asarray(d[name]).tobytes(), name
+    net_model = onnx.load(str(network))
+    onnx.checker.check_model(net_model, full_check=True)
+    stubs, _ = find_stubs(net_model.graph, set(fed))
+    assert stubs == []  # no place in the network claims a fed tensor any more
+    net = ort.InferenceSession(str(network), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
+    y = net.run(None, {**fed, "x": x, "flag": np.array(flag)})[0]
+    np.testing.assert_array_equal(y, _reference(d, x, flag).astype(np.float32))
