@@ -376,29 +376,46 @@ def decode(file: str, output: str, budget: int | None) -> None:
               help="Destination .onnx file.")
 @click.option("--self-decoding", is_flag=True,
               help="Embed the decoder in the graph (weights regenerated at load time) instead of decoded weights.")
+@click.option("--two-step", "weights_output", type=_OUTPUT, metavar="WEIGHTS.onnx", default=None,
+              help="Write the two-step form for large models and devices: the network (coded tensors as named "
+                   "inputs) to --output and, to WEIGHTS.onnx, the decoder that regenerates them (open it with "
+                   "graph optimisations off and run it once).")
 @_budget_option
-def export(file: str, output: str, self_decoding: bool, budget: int | None) -> None:
-    """Export FILE (which must hold a graph) as a standalone ONNX model."""
+def export(file: str, output: str, self_decoding: bool, weights_output: str | None, budget: int | None) -> None:
+    """Export FILE (which must hold a graph) as a standalone ONNX model, or as two files (--two-step)."""
+    if self_decoding and weights_output:
+        raise click.UsageError("--self-decoding and --two-step are two different forms: choose one")
+    if weights_output is not None and Path(weights_output).resolve() == Path(output).resolve():
+        raise click.UsageError("--two-step needs a path other than --output for the weights file")
     try:
         from mrcformat_runtime.onnx_export import export as onnx_export
+        from mrcformat_runtime.onnx_export import export_two_step
     except ImportError as e:
         missing = getattr(e, "name", None) or ""
         hint = "" if missing.startswith("mrcformat_runtime") else "; install the extra: pip install 'mrcformat[onnx]'"
         _fail(f"ONNX export is not available: {e}{hint}")
     _output(output)
+    if weights_output is not None:
+        _output(weights_output)
     c, size = _load(file, budget)  # one clean message for a bad file, before the exporter runs
     try:
         from mrcformat_runtime.load_budget import check_export_budget
 
-        check_export_budget(c, size, budget, self_decoding=self_decoding)
-        nbytes = onnx_export(c, output, self_decoding=self_decoding)
+        check_export_budget(c, size, budget, self_decoding=self_decoding, two_step=weights_output is not None)
+        if weights_output is not None:
+            wbytes, nbytes = export_two_step(c, weights_output, output)
+            click.echo(f"wrote {wbytes} bytes to {weights_output} (decoder: open with graph optimisations off, "
+                       f"run once)")
+        else:
+            nbytes = onnx_export(c, output, self_decoding=self_decoding)
     except MrcError as e:
         _fail_file(file, e)
     except OSError as e:
         _fail(f"{output}: cannot write: {e.strerror or e}")
     except ValueError as e:  # e.g. a file without a graph
         _fail(f"{file}: cannot export: {e}")
-    click.echo(f"wrote {nbytes} bytes to {output}" + (" (self-decoding)" if self_decoding else ""))
+    kind = " (self-decoding)" if self_decoding else " (network: feed it the decoder's outputs)" if weights_output else ""
+    click.echo(f"wrote {nbytes} bytes to {output}{kind}")
 
 
 def _budgets(text: str) -> list[str]:

@@ -178,10 +178,15 @@ def check(needed: int, budget: int | None, what: str) -> None:
                          "tensors")
 
 
-def check_export_budget(c: Container, file_bytes: int, budget: int | None, *, self_decoding: bool = False) -> None:
+def check_export_budget(c: Container, file_bytes: int, budget: int | None, *, self_decoding: bool = False,
+                        two_step: bool = False) -> None:
     """The plain export holds the decoded tensors, the model's copy of them and its serialized bytes;
-    the self-decoding one only the file's indices (a few times the file)."""
-    if self_decoding:
+    the self-decoding one only the file's indices (a few times the file); the two-step form both the
+    indices and the raw tensors the network keeps."""
+    if two_step:
+        raw = {t.name for t in c.tensors if t.encoding != "coded"}
+        check(4 * file_bytes + 3 * decoded_bytes(c, raw), budget, "the two-step export")
+    elif self_decoding:
         check(4 * file_bytes, budget, "the self-decoding export")
     else:
         check(file_bytes + 3 * decoded_bytes(c), budget, "the plain export")

@@ -90,8 +90,12 @@ def export_two_step(src: str | os.PathLike | Container, weights_dst: str | os.Pa
     `weights_dst`, a decoder without inputs whose outputs are the coded tensors the network reads (open it
     with graph optimisations off and run it once: no constant folding, one batch of intermediates at a
     time), and `network_dst`, the network taking those tensors as inputs of the same names next to its
-    own (`network_model`). Returns the two sizes in bytes."""
+    own (`network_model`). Returns the two sizes in bytes. ValueError if the graph reads no coded tensor.
+    Both files are written atomically, the weights file first."""
     c = load_container(src)
     network, fed = network_model(c)
+    if not fed:  # a model without outputs: onnxruntime refuses to open it
+        raise ValueError("the graph reads no coded tensor, so the two-step form has nothing to decode: "
+                         "export the whole model as one file (plain or self-decoding)")
     decoder = regenerated_weights_model(c, fed)
     return (atomic_write_bytes(weights_dst, serialize(decoder)), atomic_write_bytes(network_dst, serialize(network)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from test_corrupt import BASE, base_container
 
 from mrcformat import Container, Tensor, decode, from_bytes, save, to_bytes
 from mrcformat.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TRAILING = BASE + b"\0"
 
@@ -240,6 +243,45 @@ def test_export(files, tmp_path, self_decoding):
     assert f"bytes to {out}" in r.stdout and out.exists()
     assert f"wrote {out.stat().st_size} bytes" in r.stdout
     onnx.load(str(out))
+
+
+def test_export_two_step(tmp_path):
+    """`mrc export --two-step`: the network to -o, the decoder to the named file; run as a user would, they
+    regenerate the reference bits and give the plain export's outputs."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("mrcformat_runtime.onnx_export")
+    src = ROOT / "spec" / "vectors" / "mlp_graph.mrc"
+    net, weights, plain = tmp_path / "n.onnx", tmp_path / "w.onnx", tmp_path / "p.onnx"
+    r = run("export", src, "-o", net, "--two-step", weights)
+    assert r.exit_code == 0, r.output
+    assert f"wrote {weights.stat().st_size} bytes to {weights}" in r.stdout
+    assert f"wrote {net.stat().st_size} bytes to {net}" in r.stdout
+    assert run("export", src, "-o", plain).exit_code == 0
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    dec = ort.InferenceSession(str(weights), so, providers=["CPUExecutionProvider"])
+    fed = dict(zip([o.name for o in dec.get_outputs()], dec.run(None, {})))
+    ref = decode(from_bytes(src.read_bytes()))
+    assert sorted(fed) == ["fc1.weight", "fc2.weight"]
+    for name, got in fed.items():
+        assert got.tobytes() == np.asarray(ref[name]).tobytes(), name
+    x = np.random.default_rng(0).standard_normal((5, 12)).astype(np.float32)
+    got, = ort.InferenceSession(str(net), providers=["CPUExecutionProvider"]).run(None, {**fed, "x": x})
+    want, = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_export_two_step_refusals(tmp_path):
+    pytest.importorskip("mrcformat_runtime.onnx_export")
+    mlp = ROOT / "spec" / "vectors" / "mlp_graph.mrc"
+    raw_only = ROOT / "spec" / "vectors" / "widening_stubs.mrc"  # its graph reads raw tensors only
+    net, weights = tmp_path / "n.onnx", tmp_path / "w.onnx"
+    assert_clean_error(run("export", raw_only, "-o", net, "--two-step", weights), "reads no coded tensor")
+    for args, needle in ((["--two-step", net], "other than --output"),
+                         (["--two-step", weights, "--self-decoding"], "choose one")):
+        r = run("export", mlp, "-o", net, *args)
+        assert r.exit_code == 2 and needle in r.output and "Traceback" not in r.output, r.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_without_graph(tmp_path):
