@@ -143,37 +143,54 @@ def test_weights_bit_identical(runtime, cid, probes, tmp_path_factory):
         assert data == ref.astype(np.float32).tobytes(), f"{name}: weights differ from the numpy decoder"
 
 
+# (file, inputs): LeNet-5 (weights at the top) and the graph_stubs vector (every coded weight in a subgraph:
+# a Constant in an If branch, the other branch's initializer, a Constant in a Loop body), both If branches
+_TWO_STEP_CASES = [
+    ("examples/lenet5-small.mrc", {"input": ("float32", (4, 1, 28, 28))}),
+    ("spec/vectors/graph_stubs.mrc", {"x": ("float32", (6, 4)), "flag": ("bool", True)}),
+    ("spec/vectors/graph_stubs.mrc", {"x": ("float32", (6, 4)), "flag": ("bool", False)}),
+]
+
+
+@pytest.mark.parametrize("case", range(len(_TWO_STEP_CASES)), ids=["lenet5", "stubs-then", "stubs-else"])
 @pytest.mark.parametrize("runtime", ["python", "node", "web"])
-def test_two_step_form_runs_like_the_plain_export(runtime, tmp_path):
+def test_two_step_form_runs_like_the_plain_export(runtime, case, tmp_path):
     """`export_two_step`: the decoder run once with optimisations off, its outputs fed to the network by
-    name, gives the plain export's outputs (the same weights; kernels may round the last bits apart)."""
+    name (subgraphs read them from the outer scope), gives the plain export's outputs (the same weights;
+    kernels may round the last bits apart)."""
     from mrcformat_runtime.onnx_export import export, export_two_step
 
-    src = ROOT / "examples" / "lenet5-small.mrc"
+    rel, spec = _TWO_STEP_CASES[case]
+    src = ROOT / rel
     weights, network, plain = tmp_path / "w.onnx", tmp_path / "net.onnx", tmp_path / "plain.onnx"
     export_two_step(src, weights, network)
     export(src, plain)
-    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    x = {name: (np.array(shape) if dtype == "bool" else rng.standard_normal(shape).astype(np.float32))
+         for name, (dtype, shape) in spec.items()}
     if runtime == "python":
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         dec = ort.InferenceSession(str(weights), so, providers=["CPUExecutionProvider"])
         feeds = dict(zip([o.name for o in dec.get_outputs()], dec.run(None, {})))
         net = ort.InferenceSession(str(network), providers=["CPUExecutionProvider"])
-        data = next(i.name for i in net.get_inputs() if i.name not in feeds)
-        got, = net.run(None, {**feeds, data: x})
-        p = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"])
-        want, = p.run(None, {p.get_inputs()[0].name: x})
+        got = net.run(None, {**feeds, **x})[0]
+        want = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, x)[0]
     else:
         package = "onnxruntime-node" if runtime == "node" else "onnxruntime-web"
         if not _node_ready(package):
             pytest.skip(f"node or {package} missing (npm ci --ignore-scripts in tests/node)")
-        (tmp_path / "x.bin").write_bytes(x.tobytes())
+        inputs = []
+        for name, arr in x.items():
+            (tmp_path / f"{name}.bin").write_bytes(np.ascontiguousarray(arr).tobytes())
+            inputs.append({"name": name, "dtype": spec[name][0], "dims": list(arr.shape),
+                           "file": str(tmp_path / f"{name}.bin")})
+        (tmp_path / "inputs.json").write_text(json.dumps(inputs))
         proc = subprocess.run(["node", str(NODE_DIR / "two_step.mjs"), runtime, str(weights), str(network), str(plain),
-                               str(tmp_path / "x.bin"), json.dumps(list(x.shape)), str(tmp_path / "out")],
+                               str(tmp_path / "inputs.json"), str(tmp_path / "out")],
                               cwd=NODE_DIR, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
         got = np.frombuffer((tmp_path / "out" / "two_step.bin").read_bytes(), dtype=np.float32)
         want = np.frombuffer((tmp_path / "out" / "plain.bin").read_bytes(), dtype=np.float32)
-    assert got.size == want.size == 40
-    np.testing.assert_allclose(got.reshape(-1), want.reshape(-1), rtol=1e-5, atol=1e-5)
+    assert got.size == want.size == (40 if case == 0 else 18)
+    np.testing.assert_allclose(np.reshape(got, -1), np.reshape(want, -1), rtol=1e-5, atol=1e-5)
