@@ -216,7 +216,7 @@ def _print_info(path: str, d: dict) -> None:
         extra = ""
         if "opset" in g:
             extra = ", opset " + ", ".join(f"{k} {v}" for k, v in sorted(g["opset"].items())) + f", {g['nodes']} nodes"
-        echo(f"graph           {g['bytes']} bytes{' (zlib-compressed in the file)' if g['deflated'] else ''}{extra}")
+        echo(f"graph           {g['bytes']} bytes{' uncompressed (stored zlib-compressed)' if g['deflated'] else ''}{extra}")
     else:
         echo("graph           none")
     if d["groups"]:
