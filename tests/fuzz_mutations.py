@@ -13,7 +13,7 @@ Kinds of damage, chosen per seed:
   altered), then written as a file whose header and CRCs are valid, so only the graph is wrong.
 
 `run_loaders` puts one file through `mrcformat.load`, `validate_file`, `mrcformat_runtime.ort.session`,
-`load_state_dict` and `load_module`, and returns each one's outcome: "ok", an error code, or (a finding)
+the two-step export opened in onnxruntime, `load_state_dict` and `load_module`, and returns each one's outcome: "ok", an error code, or (a finding)
 "FOREIGN <class>: <message>" for an exception outside mrcformat.errors.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ from strategies import make_group  # noqa: E402
 from test_corrupt import BASE, rebuild, split  # noqa: E402
 
 KINDS = ("header-bytes", "header-tree", "section-bytes", "onnx", "onnx")  # graphs get two shares
-LOADERS = ("load", "validate", "session", "load_state_dict", "load_module")
+LOADERS = ("load", "validate", "session", "two_step", "load_state_dict", "load_module")
 FUZZ_BUDGET = 64 << 20  # memory budget of every load in the campaign: bombs are refused, not allocated
 
 SPECIAL_INTS = [0, 1, -1, 2, 3, 7, 8, 16, 31, 32, 33, 64, 255, 256, 4095, 4096, 4097, 65535, 65536, 2**20, 2**24,
@@ -431,6 +431,66 @@ def _outcome(fn) -> str:
     return "ok"
 
 
+def _two_step_outcome(path: Path, budget: int, session_outcome: str | None) -> str:
+    """`export_two_step`, then both files opened in onnxruntime as a user would (decoder: optimisations
+    off, run once; network). A graph without coded tensors is refused with a ValueError ("no-coded"); an
+    onnxruntime refusal is expected only where onnxruntime refuses the plain export too (graph-runtime):
+    the two-step form must not break a graph that runs."""
+    import onnxruntime as ort
+
+    from mrcformat.errors import RuntimeGraphError
+    from mrcformat_runtime.load_budget import check_export_budget
+    from mrcformat_runtime.onnx_export import export_two_step
+
+    with tempfile.TemporaryDirectory() as d:
+        def export():
+            c = m.load(path, max_decoded_bytes=budget)
+            check_export_budget(c, path.stat().st_size, budget, two_step=True)
+            export_two_step(c, Path(d) / "w.onnx", Path(d) / "n.onnx")
+
+        try:
+            export()
+        except MrcError as e:
+            return e.code
+        except ValueError as e:
+            if "reads no coded tensor" in str(e):
+                return "no-coded"
+            return f"FOREIGN {type(e).__name__}: {str(e)[:200]}"
+        except Exception as e:  # noqa: BLE001  # a finding, as in _outcome
+            return f"FOREIGN {type(e).__name__}: {str(e)[:200]}"
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:  # enable_fallback=0: onnxruntime's provider fallback prints a banner on stdout
+            dec = ort.InferenceSession(str(Path(d) / "w.onnx"), so, providers=["CPUExecutionProvider"], enable_fallback=0)
+            dec.run(None, {})
+            quiet = ort.SessionOptions()
+            quiet.log_severity_level = 4
+            ort.InferenceSession(str(Path(d) / "n.onnx"), quiet, providers=["CPUExecutionProvider"], enable_fallback=0)
+        except Exception as e:  # noqa: BLE001
+            if session_outcome == RuntimeGraphError.code or _plain_export_refused(path, budget):
+                return RuntimeGraphError.code
+            return f"FOREIGN two-step refused by onnxruntime, the plain export not: {str(e)[:200]}"
+    return "ok"
+
+
+def _plain_export_refused(path: Path, budget: int) -> bool:
+    """Whether onnxruntime refuses the plain export of the file too (the graph itself is wrong)."""
+    import onnxruntime as ort
+
+    from mrcformat_runtime.onnx_export import to_onnx_model
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        model = to_onnx_model(m.load(path, max_decoded_bytes=budget))
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"], enable_fallback=0)
+    except Exception:  # noqa: BLE001
+        return True
+    return False
+
+
 def run_loaders(path: Path, loaders=LOADERS, budget: int = FUZZ_BUDGET) -> dict[str, str]:
     """Each loader's outcome on the file at `path` (see the module docstring); every load with `budget`."""
     out: dict[str, str] = {}
@@ -450,6 +510,8 @@ def run_loaders(path: Path, loaders=LOADERS, budget: int = FUZZ_BUDGET) -> dict[
             from mrcformat_runtime import ort as mrc_ort
 
             out[name] = _outcome(lambda: mrc_ort.session(path, max_decoded_bytes=budget))
+        elif name == "two_step":
+            out[name] = _two_step_outcome(path, budget, out.get("session"))
         elif name == "load_state_dict":
             from mrcformat_runtime.torch_load import load_state_dict
 
