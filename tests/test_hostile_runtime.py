@@ -185,3 +185,12 @@ def test_cli_export_takes_the_budget(tmp_path):
     assert r.exit_code == 1 and "budget" in r.stderr and not out.exists()
     r = CliRunner().invoke(main, ["export", str(path), "-o", str(out), "--max-decoded-bytes", "64MiB"])
     assert r.exit_code == 0 and out.exists()
+    # the two-step form never decodes the coded tensor in numpy (its decoder is a few times the file), so
+    # the budget that refused the plain export lets it through; the reader's own limit still applies
+    net, weights = tmp_path / "n.onnx", tmp_path / "w.onnx"
+    r = CliRunner().invoke(main, ["export", str(path), "-o", str(net), "--two-step", str(weights),
+                                  "--max-decoded-bytes", "4MiB"])
+    assert r.exit_code == 1 and "limit" in r.stderr and not net.exists() and not weights.exists()
+    r = CliRunner().invoke(main, ["export", str(path), "-o", str(net), "--two-step", str(weights),
+                                  "--max-decoded-bytes", "16MiB"])
+    assert r.exit_code == 0 and net.exists() and weights.exists(), r.output
