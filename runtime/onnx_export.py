@@ -79,8 +79,15 @@ def network_model(container: str | os.PathLike | Container) -> tuple:
         if len(keep_nodes) < len(g.node):
             del g.node[:]
             g.node.extend(keep_nodes)
-    declared = {i.name for i in top.input}
-    top.input.extend(helper.make_tensor_value_info(t.name, 1, list(t.shape)) for t in fed if t.name not in declared)
+    # a fed tensor is a float32 input of its file shape, also where the graph already declared an input of
+    # that name (IR < 4 style, or a declaration the stub shadowed inside a subgraph): the tensor decides
+    declared = {i.name: i for i in top.input}
+    for t in fed:
+        info = helper.make_tensor_value_info(t.name, 1, list(t.shape))
+        if t.name in declared:
+            declared[t.name].type.CopyFrom(info.type)
+        else:
+            top.input.append(info)
     return model, [t.name for t in fed]
 
 

@@ -132,3 +132,27 @@ def test_two_step_form_feeds_stubs_at_any_depth(tmp_path, flag):
     x = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
     y = net.run(None, {**fed, "x": x, "flag": np.array(flag)})[0]
     np.testing.assert_array_equal(y, _reference(d, x, flag).astype(np.float32))
+
+
+def test_two_step_form_types_a_declared_input_by_the_tensor(tmp_path):
+    """Fuzzing seed 32728: a top-graph input already named like a fed tensor (here `w_else`, shape [2],
+    shadowed inside the else branch by the stub) takes the tensor's float32 type and shape in the network;
+    kept as declared, onnxruntime refused the network while the plain export ran."""
+    from mrcformat_runtime.onnx_export import export_two_step
+
+    c = _container()
+    model = onnx.ModelProto.FromString(c.graph)
+    model.graph.input.append(onnx.helper.make_tensor_value_info("w_else", onnx.TensorProto.FLOAT, [2]))
+    c.graph = model.SerializeToString()
+    c = m.from_bytes(m.to_bytes(c))
+    d = m.decode(c)
+    export_two_step(c, tmp_path / "w.onnx", tmp_path / "n.onnx")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    dec = ort.InferenceSession(str(tmp_path / "w.onnx"), opts, providers=["CPUExecutionProvider"])
+    fed = dict(zip([o.name for o in dec.get_outputs()], dec.run(None, {})))
+    net = ort.InferenceSession(str(tmp_path / "n.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.shape for i in net.get_inputs() if i.name == "w_else"] == [[4, 3]]
+    x = np.random.default_rng(2).standard_normal((5, 4)).astype(np.float32)
+    y = net.run(None, {**fed, "x": x, "flag": np.array(False)})[0]
+    np.testing.assert_array_equal(y, _reference(d, x, False).astype(np.float32))
