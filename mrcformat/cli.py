@@ -388,8 +388,7 @@ def export(file: str, output: str, self_decoding: bool, weights_output: str | No
     if weights_output is not None and Path(weights_output).resolve() == Path(output).resolve():
         raise click.UsageError("--two-step needs a path other than --output for the weights file")
     try:
-        from mrcformat_runtime.onnx_export import export as onnx_export
-        from mrcformat_runtime.onnx_export import export_two_step
+        from mrcformat_runtime.onnx_export import export as onnx_export, export_two_step
     except ImportError as e:
         missing = getattr(e, "name", None) or ""
         hint = "" if missing.startswith("mrcformat_runtime") else "; install the extra: pip install 'mrcformat[onnx]'"

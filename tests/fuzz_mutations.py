@@ -13,8 +13,9 @@ Kinds of damage, chosen per seed:
   altered), then written as a file whose header and CRCs are valid, so only the graph is wrong.
 
 `run_loaders` puts one file through `mrcformat.load`, `validate_file`, `mrcformat_runtime.ort.session`,
-the two-step export opened in onnxruntime, `load_state_dict` and `load_module`, and returns each one's outcome: "ok", an error code, or (a finding)
-"FOREIGN <class>: <message>" for an exception outside mrcformat.errors.
+the two-step export opened in onnxruntime, `load_state_dict` and `load_module`, and returns each one's
+outcome: "ok", an error code, or (a finding) "FOREIGN <class>: <message>" for an exception outside
+mrcformat.errors.
 """
 from __future__ import annotations
 
@@ -431,42 +432,42 @@ def _outcome(fn) -> str:
     return "ok"
 
 
+def _quiet_session(model, optimise: bool):
+    """onnxruntime.InferenceSession with logging off, CPU only, and no provider fallback (which prints a
+    banner on stdout); optimisations off when `optimise` is False (a decoder run once)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    if not optimise:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"], enable_fallback=0)
+
+
 def _two_step_outcome(path: Path, budget: int, session_outcome: str | None) -> str:
     """`export_two_step`, then both files opened in onnxruntime as a user would (decoder: optimisations
     off, run once; network). A graph without coded tensors is refused with a ValueError ("no-coded"); an
     onnxruntime refusal is expected only where onnxruntime refuses the plain export too (graph-runtime):
     the two-step form must not break a graph that runs."""
-    import onnxruntime as ort
-
     from mrcformat.errors import RuntimeGraphError
     from mrcformat_runtime.load_budget import check_export_budget
     from mrcformat_runtime.onnx_export import export_two_step
 
     with tempfile.TemporaryDirectory() as d:
-        def export():
+        weights, network = Path(d) / "w.onnx", Path(d) / "n.onnx"
+        try:
             c = m.load(path, max_decoded_bytes=budget)
             check_export_budget(c, path.stat().st_size, budget, two_step=True)
-            export_two_step(c, Path(d) / "w.onnx", Path(d) / "n.onnx")
-
-        try:
-            export()
+            export_two_step(c, weights, network)
         except MrcError as e:
             return e.code
-        except ValueError as e:
-            if "reads no coded tensor" in str(e):
+        except Exception as e:  # noqa: BLE001  # a finding, as in _outcome, but for the documented refusal
+            if isinstance(e, ValueError) and "reads no coded tensor" in str(e):
                 return "no-coded"
             return f"FOREIGN {type(e).__name__}: {str(e)[:200]}"
-        except Exception as e:  # noqa: BLE001  # a finding, as in _outcome
-            return f"FOREIGN {type(e).__name__}: {str(e)[:200]}"
-        so = ort.SessionOptions()
-        so.log_severity_level = 4
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        try:  # enable_fallback=0: onnxruntime's provider fallback prints a banner on stdout
-            dec = ort.InferenceSession(str(Path(d) / "w.onnx"), so, providers=["CPUExecutionProvider"], enable_fallback=0)
-            dec.run(None, {})
-            quiet = ort.SessionOptions()
-            quiet.log_severity_level = 4
-            ort.InferenceSession(str(Path(d) / "n.onnx"), quiet, providers=["CPUExecutionProvider"], enable_fallback=0)
+        try:
+            _quiet_session(str(weights), optimise=False).run(None, {})
+            _quiet_session(str(network), optimise=True)
         except Exception as e:  # noqa: BLE001
             if session_outcome == RuntimeGraphError.code or _plain_export_refused(path, budget):
                 return RuntimeGraphError.code
@@ -476,16 +477,10 @@ def _two_step_outcome(path: Path, budget: int, session_outcome: str | None) -> s
 
 def _plain_export_refused(path: Path, budget: int) -> bool:
     """Whether onnxruntime refuses the plain export of the file too (the graph itself is wrong)."""
-    import onnxruntime as ort
-
     from mrcformat_runtime.onnx_export import to_onnx_model
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        model = to_onnx_model(m.load(path, max_decoded_bytes=budget))
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"], enable_fallback=0)
+        _quiet_session(to_onnx_model(m.load(path, max_decoded_bytes=budget)).SerializeToString(), optimise=False)
     except Exception:  # noqa: BLE001
         return True
     return False
