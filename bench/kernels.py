@@ -5,7 +5,8 @@
 1. Decode throughput (weights/s, median of --repeats) against group size, one group per file, for
    each backend: numpy reference, compiled kernels on 1 and on all threads, torch tensor ops (CPU;
    CUDA when present); safetensors reading the same float32 weights (`load_file`, pread backend) as
-   the line to beat. Layouts: affine (what the encoder writes) and contiguous.
+   the line to beat. Layouts: affine (what the encoder writes) and contiguous. For affine groups also
+   the compiled kernel with the value scan that direct call enumeration replaced ("scan").
 2. Whole files at LeNet-5 and VGG-16 scale (bench/_models.py): `mrcformat.decode` (numpy arrays) and
    `load_state_dict` (torch) against safetensors `load_file(backend="pread")` of the decoded weights,
    ratios of medians measured side by side in one run.
@@ -104,6 +105,13 @@ def decode_sizes(args, cpus: int, folder: str) -> tuple[list[str], list[dict]]:
                 if kernels.available():
                     r["native, 1 thread"] = n / median_seconds(lambda: m.decode_group(c, 0, out=out, backend="native"),
                                                                args.repeats)
+                    if affine:  # the same kernel with the scan that direct enumeration replaced (8 | n, 8 | B)
+                        kernels._native._set_aligned_calls(False)
+                        try:
+                            r["native, 1 thread, scan"] = n / median_seconds(
+                                lambda: m.decode_group(c, 0, out=out, backend="native"), args.repeats)
+                        finally:
+                            kernels._native._set_aligned_calls(True)
                 r["torch ops, 1 thread"] = n / median_seconds(
                     lambda: torch_decode.decode_group(c, 0, "cpu", backend="torch"), args.repeats)
             if kernels.available() and cpus > 1:
@@ -120,7 +128,7 @@ def decode_sizes(args, cpus: int, folder: str) -> tuple[list[str], list[dict]]:
     lines = ["| layout | weights | " + " | ".join(f"{c} (M weights/s)" for c in cols) + " |",
              "|---|---|" + "---|" * len(cols)]
     for r in rows:
-        lines.append(f"| {r['layout']} | {r['n']:,} | " + " | ".join(f"{r.get(c, float('nan')) / 1e6:.0f}"
+        lines.append(f"| {r['layout']} | {r['n']:,} | " + " | ".join(f"{r[c] / 1e6:.0f}" if c in r else "–"
                                                                   for c in cols) + " |")
     return lines, rows
 
@@ -282,10 +290,13 @@ def main() -> None:
     if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    names = list(dict.fromkeys(c for r in rows for c in r if c not in ("layout", "n")))
+    colour = {c: f"C{i}" for i, c in enumerate(names)}   # one colour per backend in both panels
     for ax, layout in zip(axes, ("affine", "contiguous")):
         sub = [r for r in rows if r["layout"] == layout]
         for col in [c for c in sub[0] if c not in ("layout", "n")]:
-            style = dict(color="black", linestyle="--") if col.startswith("safetensors") else dict(marker="o")
+            style = (dict(color="black", linestyle="--") if col.startswith("safetensors")
+                     else dict(marker="o", color=colour[col]))
             ax.plot([r["n"] for r in sub], [r[col] / 1e6 for r in sub], label=col, **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -293,7 +304,8 @@ def main() -> None:
         ax.set_title(f"{layout} layout")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("M weights / s (median)")
-    axes[1].legend(fontsize=8, loc="lower right")
+    for ax in axes:
+        ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("Decode throughput per backend (safetensors: reading the same float32 weights)")
     fig.tight_layout()
     fig.savefig(args.out + ".png", dpi=120)

@@ -68,6 +68,8 @@ def test_native_decode_is_the_reference(isa, grp, seed, rs, mu, sigma):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("n,bsz,affine,ratio", [
     (70001, 512, True, 1),      # affine, large: calls in the order of their first value
+    (262144, 96, True, 1),      # ... n and block size multiples of 8: calls enumerated directly
+    (4096, 8, True, 2),         # ... also below the size threshold, with hashing
     (65536, 37, True, 1),       # ... at the threshold, block size not a multiple of 8
     (100003, 4096, True, 3),    # ... and hashing
     (300000, 64, False, 1),     # contiguous, split over threads
@@ -101,6 +103,45 @@ def test_affine_call_order_covers_any_split(isa):
                 kernels._native.decode_affine(normal_table(), g.indices.astype(np.uint32), out, c.seed, 0, bsz, n,
                                               g.mu_bits, g.sigma_bits << 16, g.layout.a, a_inv, g.layout.c, i0, i1)
             assert out.tobytes() == want.tobytes(), cuts
+
+
+@st.composite
+def aligned_affine_groups(draw):
+    """Affine groups whose n and block size are multiples of 8: the kernels enumerate their calls directly."""
+    n = 8 * draw(st.integers(1, 3000))
+    bsz = 8 * draw(st.sampled_from([1, 2, 3, 12, 64, 512]))
+    a = draw(st.integers(1, max(1, n - 1)))
+    while math.gcd(a, n) != 1:
+        a -= 1
+    cuts = sorted(set(draw(st.lists(st.integers(0, n), max_size=4))) | {0, n})
+    return n, bsz, Layout("affine", a, draw(st.integers(0, n - 1))), cuts
+
+
+@native
+@pytest.mark.parametrize("isa", ISAS)
+@settings(max_examples=60, deadline=None)
+@given(aligned_affine_groups(), st.integers(0, 2**64 - 1), st.integers(1, 32), st.integers(0, 2**32 - 1))
+def test_aligned_affine_calls_are_the_reference(isa, grp, seed, bits, rs):
+    """Direct call enumeration (8 | n, 8 | block size), over any split of [0, n), gives the numpy bits and
+    the bits of the scan it replaces."""
+    from mrcformat.sampler import normal_table
+    n, bsz, layout, cuts = grp
+    c = _container(seed, n, bsz, bits, layout, 1, np.random.default_rng(rs))
+    g = c.groups[0]
+    want = m.decode_group(c, 0, backend="numpy").tobytes()
+    a_inv = pow(layout.a, -1, n) if n > 1 else 0
+    with kernels.using_isa(isa):
+        for direct in (True, False):
+            kernels._native._set_aligned_calls(direct)
+            try:
+                out = np.full(n, np.nan, dtype=np.float32)
+                for i0, i1 in zip(cuts[:-1], cuts[1:]):
+                    kernels._native.decode_affine(normal_table(), g.indices.astype(np.uint32), out, seed, 0, bsz,
+                                                  n, g.mu_bits, g.sigma_bits << 16, layout.a, a_inv, layout.c, i0, i1)
+            finally:
+                kernels._native._set_aligned_calls(True)
+            assert out.tobytes() == want, (direct, cuts)
+        assert m.decode_group(c, 0, backend="native").tobytes() == want
 
 
 @native

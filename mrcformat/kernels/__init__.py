@@ -42,8 +42,9 @@ BACKENDS = ("auto", "native", "numpy")
 _LANES = 16                 # candidates per native batch (keep pieces aligned to it)
 _MIN_SLOTS_PER_THREAD = 1 << 16
 _MIN_VALUES_PER_THREAD = 1 << 18
-# Affine groups with at least this many values decode calls in the order of their first value (8 write
-# streams that move forward through memory) instead of in slot order (a scattered write per value).
+# Affine groups decode calls in the order of their first value (8 write streams that move forward through
+# memory) instead of in slot order (a scattered write per value): always when n and the block size are
+# multiples of 8 (the calls are then enumerated directly, faster at every size), else from this many values.
 AFFINE_OUTPUT_ORDER_MIN = 1 << 16
 
 
@@ -159,7 +160,7 @@ def decode_values_into(seed: int, gid: int, g, out: np.ndarray, *, nthreads: int
     table = normal_table()
     nb = g.num_blocks
     parts = max(1, min(threads(nthreads), (nb * bsz) // _MIN_SLOTS_PER_THREAD))
-    if (a_inv, c) != (1, 0) and n >= AFFINE_OUTPUT_ORDER_MIN:
+    if (a_inv, c) != (1, 0) and (n >= AFFINE_OUTPUT_ORDER_MIN or (n % 8 == 0 and bsz % 8 == 0)):
         a = g.layout.a
         jobs = [lambda i0=i0, i1=i1: _native.decode_affine(table, idx, out, seed, gid, bsz, n, mu_bits, sigma_bits,
                                                            a, a_inv, c, i0, i1)

@@ -1,9 +1,10 @@
 /*
  * mrcformat.kernels._native: the compiled CPU kernels of mrcformat (SPEC.md sections 3-5 and 11).
  *
- * Three operations, each over a range of work so that Python can split it across threads
+ * Four operations, each over a range of work so that Python can split it across threads
  * (every entry point releases the GIL):
  *   decode_blocks   regenerate blocks [b0, b1) of a group and scatter them to pi^-1(p)   (SPEC 4.2, 5, 10)
+ *   decode_affine   the same for an affine group, calls taken in the order of their first value
  *   hash_gather     w[t] = s(t) * v[h(t)] for weights [t0, t1)                            (SPEC 5.3)
  *   score_blocks    log q - log p of candidates [ka, kb) of rows [r0, r1) (float64)       (SPEC 11)
  *
@@ -263,6 +264,52 @@ static void decode_affine_calls_generic(const float *restrict table, const uint3
     if (lanes) flush_calls_generic(table, out, x0, x1, x2, x3, li, lcnt, lanes, k0, k1, n, a_inv, mu, sigma);
 }
 
+/* decode_affine_calls_generic's contract when n and the block size are multiples of 8 (most weight
+ * tensors). Then every call has 8 samples, and since 8 | n, pi(i) = a i + c (mod 8) with a odd (coprime
+ * to the even n), so the calls start at exactly the values i = r (mod 8), r = -c a (mod 8) (an odd a is
+ * its own inverse mod 8): the calls are enumerated directly, LANES at a time, with no scan over the
+ * values. Slot s of the calls starting at i, i + 8, i + 16, ... goes to i + s a_inv, i + s a_inv + 8, ...
+ * (mod n): eight write streams, each moving forward 8 values per call. */
+static void decode_affine_aligned_generic(const float *restrict table, const uint32_t *restrict idx,
+                                          float *restrict out, uint32_t k0, uint32_t k1, uint32_t dw, int64_t bsz,
+                                          int64_t n, float mu, float sigma, int64_t a, int64_t a_inv, int64_t c,
+                                          int64_t i0, int64_t i1) {
+    const int64_t r = ((8 - c % 8) % 8) * (a % 8) % 8;
+    const int64_t first = i0 + ((r - i0 % 8) % 8 + 8) % 8;
+    if (first >= i1) return;
+    const int64_t calls = (i1 - first + 7) / 8, step = (8 * a) % n;
+    uint32_t x0[LANES], x1[LANES], x2[LANES], x3[LANES];
+    uint16_t u[8 * LANES];
+    int64_t base[8];
+    for (int s = 0; s < 8; s++) base[s] = (first + (int64_t)s * a_inv % n) % n;
+    int64_t p = (a * first + c) % n;                  /* a, i < 2^31: exact in int64 */
+    for (int64_t k = 0; k < calls; k += LANES) {
+        const int lanes = calls - k < LANES ? (int)(calls - k) : LANES;
+        for (int l = 0; l < LANES; l++) {
+            int64_t b = l < lanes ? p / bsz : 0, j = l < lanes ? p - b * bsz : 0;
+            x0[l] = (uint32_t)(j >> 3);
+            x1[l] = idx[b];
+            x2[l] = (uint32_t)b;
+            x3[l] = dw;
+            if (l < lanes) {
+                p += step;
+                if (p >= n) p -= n;
+            }
+        }
+        philox_lanes(x0, x1, x2, x3, k0, k1);
+        unpack_u16(x0, x1, x2, x3, u);
+        for (int s = 0; s < 8; s++) {
+            int64_t d = base[s];
+            for (int l = 0; l < lanes; l++) {
+                out[d] = mu + sigma * table[u[8 * l + s]];
+                d += 8;
+                if (d >= n) d -= n;
+            }
+            base[s] = d;
+        }
+    }
+}
+
 /* ------------------------------------------------------------------------------------ AVX2 */
 #ifdef MRC_X86
 /* The same operations with explicit AVX2 intrinsics: Philox on 8 counters per register (the
@@ -500,6 +547,91 @@ AVX2 static void decode_affine_calls_avx2(const float *restrict table, const uin
     if (lanes) flush_calls_avx2(table, idx, out, qb, qj, qp, qi, lanes, k0, k1, dw, bsz, n, offs, mu, sigma);
 }
 
+/* decode_affine_calls_avx2's contract when n and the block size are multiples of 8 (most weight
+ * tensors): then every call has 8 samples, pi(i) = a i + c (mod 8) since 8 | n, and a is odd, so the
+ * calls start at exactly the values i = r (mod 8) with r = -c a (mod 8) (odd a is its own inverse mod
+ * 8). The calls are enumerated directly, 16 per step, with no scan over the values. */
+AVX2 static void decode_affine_aligned_avx2(const float *restrict table, const uint32_t *restrict idx,
+                                            float *restrict out, uint32_t k0, uint32_t k1, uint32_t dw,
+                                            int64_t bsz, int64_t n, float mu, float sigma, int64_t a,
+                                            int64_t a_inv, int64_t c, int64_t i0, int64_t i1) {
+    const int64_t r = ((8 - c % 8) % 8) * (a % 8) % 8;
+    int64_t first = i0 + ((r - i0 % 8) % 8 + 8) % 8;
+    if (first >= i1) return;
+    const int64_t calls = (i1 - first + 7) / 8;
+    const int64_t step = (128 * (a % n)) % n;           /* each lane's p advances by 16 calls = 128 values */
+    const __m256i vstep = _mm256_set1_epi32((int32_t)step), vback = _mm256_set1_epi32((int32_t)(n - step));
+    const __m256i vsb = _mm256_set1_epi32((int32_t)(step / bsz)), vsj = _mm256_set1_epi32((int32_t)(step % bsz));
+    const __m256i vnb = _mm256_set1_epi32((int32_t)(n / bsz)), vnj = _mm256_set1_epi32((int32_t)(n % bsz));
+    const __m256i vB = _mm256_set1_epi32((int32_t)bsz), vBm1 = _mm256_set1_epi32((int32_t)(bsz - 1));
+    const __m256i one = _mm256_set1_epi32(1), zero = _mm256_setzero_si256();
+    int32_t pp[16], bb[16], jj[16], of[8];
+    for (int l = 0; l < 16; l++) {
+        int64_t il = (first + 8 * l) % n;
+        int64_t pl = (a * il + c) % n;                  /* a, i < 2^31: exact in int64 */
+        pp[l] = (int32_t)pl;
+        bb[l] = (int32_t)(pl / bsz);
+        jj[l] = (int32_t)(pl % bsz);
+    }
+    for (int l = 0; l < 8; l++) of[l] = (int32_t)((l * a_inv) % n);
+    __m256i p[2], b[2], j[2];
+    for (int h = 0; h < 2; h++) {
+        p[h] = _mm256_loadu_si256((const __m256i *)(pp + 8 * h));
+        b[h] = _mm256_loadu_si256((const __m256i *)(bb + 8 * h));
+        j[h] = _mm256_loadu_si256((const __m256i *)(jj + 8 * h));
+    }
+    /* stream s of the 16 calls: values i + s a_inv + 8 l (mod n), l = 0..15; base[s] = first + s a_inv */
+    int64_t base[8];
+    for (int s2 = 0; s2 < 8; s2++) base[s2] = (first + of[s2]) % n;
+    const __m256 muv = _mm256_set1_ps(mu), sgv = _mm256_set1_ps(sigma);
+    for (int64_t k = 0; k < calls; k += 16) {
+        const int lanes = calls - k < 16 ? (int)(calls - k) : 16;
+        __m256i x[2][4];
+        for (int h = 0; h < 2; h++) {
+            x[h][0] = _mm256_srli_epi32(j[h], 3);
+            x[h][1] = _mm256_i32gather_epi32((const int *)idx, b[h], 4);   /* b < nb: lanes past the end too */
+            x[h][2] = b[h];
+            x[h][3] = _mm256_set1_epi32((int)dw);
+        }
+        philox8(&x[0][0], &x[0][1], &x[0][2], &x[0][3], k0, k1);
+        philox8(&x[1][0], &x[1][1], &x[1][2], &x[1][3], k0, k1);
+        for (int s2 = 0; s2 < 8; s2++) {
+            float v[16];
+            _mm256_storeu_ps(v, value8(table, x[0][s2 >> 1], s2 & 1, muv, sgv));
+            _mm256_storeu_ps(v + 8, value8(table, x[1][s2 >> 1], s2 & 1, muv, sgv));
+            int64_t d = base[s2];
+            if (lanes == 16 && d + 120 < n) {
+                float *o = out + d;
+                o[0] = v[0]; o[8] = v[1]; o[16] = v[2]; o[24] = v[3]; o[32] = v[4]; o[40] = v[5];
+                o[48] = v[6]; o[56] = v[7]; o[64] = v[8]; o[72] = v[9]; o[80] = v[10]; o[88] = v[11];
+                o[96] = v[12]; o[104] = v[13]; o[112] = v[14]; o[120] = v[15];
+            } else {
+                for (int l = 0; l < lanes; l++) {
+                    int64_t e = d + 8 * l;
+                    out[e >= n ? e - n : e] = v[l];
+                }
+            }
+            d += 128;
+            base[s2] = d >= n ? d - n : d;
+        }
+        for (int h = 0; h < 2; h++) {
+            /* advance p by step (mod n) and (b, j) with it */
+            __m256i wrap = _mm256_cmpgt_epi32(p[h], _mm256_sub_epi32(vback, one));   /* p >= n - step */
+            p[h] = _mm256_blendv_epi8(_mm256_add_epi32(p[h], vstep), _mm256_sub_epi32(p[h], vback), wrap);
+            b[h] = _mm256_add_epi32(b[h], vsb);
+            j[h] = _mm256_add_epi32(j[h], vsj);
+            __m256i carry = _mm256_cmpgt_epi32(j[h], vBm1);                             /* j >= B */
+            j[h] = _mm256_sub_epi32(j[h], _mm256_and_si256(carry, vB));
+            b[h] = _mm256_sub_epi32(b[h], carry);                                       /* carry is -1 */
+            b[h] = _mm256_sub_epi32(b[h], _mm256_and_si256(wrap, vnb));
+            j[h] = _mm256_sub_epi32(j[h], _mm256_and_si256(wrap, vnj));
+            __m256i borrow = _mm256_cmpgt_epi32(zero, j[h]);                            /* j < 0 */
+            j[h] = _mm256_add_epi32(j[h], _mm256_and_si256(borrow, vB));
+            b[h] = _mm256_add_epi32(b[h], borrow);
+        }
+    }
+}
+
 /* hash_range_generic's contract: 8 Philox calls (16 weights) per step. */
 AVX2 static void hash_range_avx2(const float *restrict values, float *restrict out, uint32_t k0, uint32_t k1,
                                  uint32_t dw, int64_t n, int64_t t0, int64_t t1) {
@@ -586,6 +718,7 @@ AVX2 static void score_range_avx2(const float *restrict table, double *restrict 
 
 enum { ISA_GENERIC = 0, ISA_AVX2 = 1 };
 static int isa = ISA_GENERIC;
+static int aligned_calls = 1;
 
 static void detect_isa(void) {
 #ifdef MRC_X86
@@ -768,11 +901,18 @@ static PyObject *py_decode_affine(PyObject *self, PyObject *args) {
     coding_params(mu_bits, sigma_bits, &mu, &sigma);
     Py_BEGIN_ALLOW_THREADS
 #ifdef MRC_X86
-    if (isa == ISA_AVX2)
+    if (isa == ISA_AVX2 && n % 8 == 0 && bsz % 8 == 0 && n >= 8 && aligned_calls)
+        decode_affine_aligned_avx2((const float *)tb.buf, (const uint32_t *)ib.buf, (float *)ob.buf, (uint32_t)seed,
+                                   (uint32_t)(seed >> 32), (uint32_t)gid, bsz, n, mu, sigma, a, a_inv, c, i0, i1);
+    else if (isa == ISA_AVX2)
         decode_affine_calls_avx2((const float *)tb.buf, (const uint32_t *)ib.buf, (float *)ob.buf, (uint32_t)seed,
                                  (uint32_t)(seed >> 32), (uint32_t)gid, bsz, n, mu, sigma, a, a_inv, c, i0, i1);
     else
 #endif
+    if (n % 8 == 0 && bsz % 8 == 0 && n >= 8 && aligned_calls)
+        decode_affine_aligned_generic((const float *)tb.buf, (const uint32_t *)ib.buf, (float *)ob.buf, (uint32_t)seed,
+                                      (uint32_t)(seed >> 32), (uint32_t)gid, bsz, n, mu, sigma, a, a_inv, c, i0, i1);
+    else
         decode_affine_calls_generic((const float *)tb.buf, (const uint32_t *)ib.buf, (float *)ob.buf, (uint32_t)seed,
                                     (uint32_t)(seed >> 32), (uint32_t)gid, bsz, n, mu, sigma, a, a_inv, c, i0, i1);
     Py_END_ALLOW_THREADS
@@ -811,7 +951,18 @@ static PyObject *py_set_isa(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* _set_aligned_calls(flag): use the direct enumeration of calls for aligned affine groups (1, the default)
+ * or the scan (0); for tests and A/B comparisons */
+static PyObject *py_set_aligned_calls(PyObject *self, PyObject *args) {
+    int flag;
+    if (!PyArg_ParseTuple(args, "p", &flag))
+        return NULL;
+    aligned_calls = flag;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"_set_aligned_calls", py_set_aligned_calls, METH_VARARGS, "_set_aligned_calls(flag): for tests and comparisons"},
     {"decode_blocks", py_decode_blocks, METH_VARARGS,
      "decode_blocks(table, indices_u32, out_f32, seed, gid, block_size, n, mu_bits, sigma_f32_bits, b0, b1, a_inv, c)"},
     {"decode_affine", py_decode_affine, METH_VARARGS,
