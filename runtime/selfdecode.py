@@ -734,10 +734,14 @@ def self_decoding_model_sources(container: str | os.PathLike | Container) -> tup
     rename = {name: dec.b.fresh() for name in sorted(stubs) if name in coded}
     dec.tensors(wanted, rename)
     top_identities = []
+    # raw stubs are filled first: taking an initializer stub out below rebuilds its graph's initializer
+    # list from copies, and a raw stub of that graph filled afterwards would be filled in a detached copy
     for name, stub in stubs.items():
         t = c.tensor(name)
         if t.encoding == "raw":
             fill_stub(stub, stub_array(stub, t, t.data)[1])
+    for name, stub in stubs.items():
+        if c.tensor(name).encoding == "raw":
             continue
         if stub.node is not None:
             node = stub.node

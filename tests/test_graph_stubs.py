@@ -156,3 +156,54 @@ def test_two_step_form_types_a_declared_input_by_the_tensor(tmp_path):
     x = np.random.default_rng(2).standard_normal((5, 4)).astype(np.float32)
     y = net.run(None, {**fed, "x": x, "flag": np.array(False)})[0]
     np.testing.assert_array_equal(y, _reference(d, x, False).astype(np.float32))
+
+
+@pytest.mark.parametrize("form", ["plain", "self_decoding", "two_step"])
+@pytest.mark.parametrize("raw_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("coded_first", [True, False])
+def test_raw_and_coded_stubs_side_by_side(tmp_path, form, raw_dtype, coded_first):
+    """A coded initializer stub and a raw one in the same graph, in either order (a compressed YOLOv8n,
+    nudenet's 320n.onnx: conv weights coded, biases raw float16 in float32 stubs). The self-decoding
+    export took the coded stub out of the initializer list first, which rebuilt the list from copies, and
+    then filled the raw stub in a detached copy: onnxruntime refused the model ("data field count (0)
+    does not match expected count from shape"). Every form now gives the reference outputs."""
+    from onnx import TensorProto, helper
+
+    from mrcformat.layout import choose_affine
+    from mrcformat_runtime.onnx_export import export, export_two_step
+    from make_vectors import group
+
+    def stub(name, dims):
+        t = TensorProto(name=name, data_type=TensorProto.FLOAT)
+        t.dims.extend(dims)
+        return t
+
+    stubs = [stub("w", [6, 5]), stub("b", [5])]
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5])],
+                          initializer=stubs if coded_first else stubs[::-1])
+    graph = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    bias = np.array([0.5, -1.0, 2.0, 0.25, -0.125], dtype="<f2" if raw_dtype == "float16" else "<f4")
+    c = m.Container(seed=3, groups=[group(np.random.default_rng(4), 30, 8, 6, layout=choose_affine(30, 3, 0),
+                                          sigma=0.5)],
+                    tensors=[m.Tensor("w", (6, 5), "coded", group=0),
+                             m.Tensor("b", (5,), "raw", dtype=raw_dtype, data=bias)],
+                    graph=graph, version=(1, 2) if raw_dtype == "float16" else (1, 1))
+    path = tmp_path / "m.mrc"
+    m.save(c, path)
+    d = m.decode(m.load(path))
+    x = np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32)
+    want = x @ d["w"] + d["b"].astype(np.float32)
+    if form == "two_step":
+        export_two_step(path, tmp_path / "w.onnx", tmp_path / "n.onnx")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        dec = ort.InferenceSession(str(tmp_path / "w.onnx"), opts, providers=["CPUExecutionProvider"])
+        fed = dict(zip([o.name for o in dec.get_outputs()], dec.run(None, {})))
+        y = ort.InferenceSession(str(tmp_path / "n.onnx"), providers=["CPUExecutionProvider"]).run(
+            None, {**fed, "x": x})[0]
+    else:
+        export(path, tmp_path / "m.onnx", self_decoding=form == "self_decoding")
+        y = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
