@@ -309,3 +309,39 @@ def test_self_decoding_export_of_a_compressed_model(nested, tmp_path):
     for flag in (True, False):
         feed = {"x": np.random.default_rng(2).standard_normal((5, 16)).astype(np.float32), "flag": np.array(flag)}
         np.testing.assert_array_equal(plain.run(None, feed)[0], selfd.run(None, feed)[0])
+
+
+def test_every_export_of_a_file_with_float16_biases(tmp_path):
+    """mrc compress's default --float16 stores a float32 bias as a raw float16 tensor in its float32 stub,
+    next to the coded weight stub in the same initializer list (as in a compressed YOLOv8n, nudenet's
+    320n.onnx). The self-decoding export used to leave such a stub empty when the coded stub came first
+    and onnxruntime refused the model; every form now gives the plain export's outputs."""
+    from mrcformat_runtime.onnx_export import export, export_two_step
+
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((16, 40)) * 0.3).astype(np.float32)
+    b = (rng.standard_normal(40) * 2.0).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+                          "lin", [helper.make_tensor_value_info("x", F, ["N", 16])],
+                          [helper.make_tensor_value_info("y", F, ["N", 40])],
+                          initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    src = tmp_path / "lin.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), src)
+    feeds = [{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(8)]
+    out = tmp_path / "lin.mrc"
+    compress_onnx(src, out, "6bpw", feeds, index_bits=8, progress=False)
+    c = m.load(out)
+    assert c.tensor("b").encoding == "raw" and c.tensor("b").dtype == "float16"
+    export(out, tmp_path / "plain.onnx")
+    export(out, tmp_path / "self.onnx", self_decoding=True)
+    export_two_step(out, tmp_path / "w.onnx", tmp_path / "net.onnx")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    dec = ort.InferenceSession(str(tmp_path / "w.onnx"), opts, providers=["CPUExecutionProvider"])
+    fed = dict(zip([o.name for o in dec.get_outputs()], dec.run(None, {})))
+    plain, selfd, net = (ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"])
+                         for f in ("plain.onnx", "self.onnx", "net.onnx"))
+    for feed in feeds[:2]:
+        want = plain.run(None, feed)[0]
+        np.testing.assert_array_equal(selfd.run(None, feed)[0], want)
+        np.testing.assert_array_equal(net.run(None, {**fed, **feed})[0], want)
