@@ -154,6 +154,35 @@ def widening_container(version=(1, 2)) -> Container:
                      graph=graph, version=version)
 
 
+def mixed_stubs_container(rng: np.random.Generator) -> Container:
+    """1.2: coded and raw stubs interleaved in one initializer list, as `mrc compress` writes a conv net
+    (coded weights, float16 biases in float32 stubs): y = relu(x @ w1 + b1) @ w2 + b2 with initializers
+    [w1 (coded), b1 (float16), w2 (coded), b2 (float32)]."""
+    from onnx import TensorProto, helper
+
+    def stub(name, dims):
+        t = TensorProto(name=name, data_type=TensorProto.FLOAT)
+        t.dims.extend(dims)
+        return t
+
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
+             helper.make_node("Relu", ["h1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y0"]),
+             helper.make_node("Add", ["y0", "b2"], ["y"])]
+    g = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          initializer=[stub("w1", [5, 6]), stub("b1", [6]), stub("w2", [6, 3]), stub("b2", [3])])
+    graph = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="mrcformat-vectors",
+                              producer_version="1", ir_version=8).SerializeToString()
+    return Container(seed=13, groups=[group(rng, 30, 8, 7, layout=choose_affine(30, 13, 0), sigma=0.5),
+                                      group(rng, 18, 4, 5, sigma=0.5)],
+                     tensors=[Tensor("w1", (5, 6), "coded", group=0),
+                              Tensor("b1", (6,), "raw", dtype="float16",
+                                     data=np.array([0.5, -0.25, 1.0, 0.0, 2.0, -1.5], dtype="<f2")),
+                              Tensor("w2", (6, 3), "coded", group=1),
+                              Tensor("b2", (3,), "raw", dtype="float32", data=np.array([0.1, -0.2, 0.3], "<f4"))],
+                     graph=graph, metadata={"model": "coded and raw stubs side by side"}, version=(1, 2))
+
+
 def valid_vectors() -> dict[str, tuple[Container, list[str]]]:
     v: dict[str, tuple[Container, list[str]]] = {}
     rng = np.random.default_rng(1)
@@ -238,6 +267,9 @@ def valid_vectors() -> dict[str, tuple[Container, list[str]]]:
     v["graph_stubs"] = (stubs_container(np.random.default_rng(9)),
                         ["format 1.1", ("graph stubs: Constant in an If branch, Constant in a Loop body nested in an "
                                         "If branch, initializer of a branch, top-level initializer (raw)")])
+    v["mixed_stubs"] = (mixed_stubs_container(np.random.default_rng(13)),
+                        ["format 1.2", "coded and raw (float16 widened, float32) stubs interleaved in one "
+                                       "initializer list; graph opset 17"])
     return v
 
 

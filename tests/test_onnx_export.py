@@ -93,8 +93,18 @@ def test_two_step_form_matches_numpy_decode(tmp_path_factory, c):
     _assert_identity_outputs_match(c, outs)
 
 
-_GRAPH_FILES = ["spec/vectors/graph_deflate.mrc", "spec/vectors/graph_stubs.mrc", "spec/vectors/mlp_graph.mrc",
-                "spec/vectors/section_order.mrc", "examples/lenet5-small.mrc", "examples/lenet5-accurate.mrc"]
+def _graph_files(coded: bool) -> list[str]:
+    """Every conformance vector and example with a graph (and, if `coded`, at least one coded tensor)."""
+    root = Path(__file__).resolve().parents[1]
+    out = []
+    for p in sorted(root.glob("spec/vectors/*.mrc")) + sorted(root.glob("examples/*.mrc")):
+        c = from_bytes(p.read_bytes())
+        if c.graph is not None and (not coded or any(t.encoding == "coded" for t in c.tensors)):
+            out.append(str(p.relative_to(root)))
+    return out
+
+
+_GRAPH_FILES = _graph_files(coded=True)
 
 
 def _feeds(model, rng) -> list[dict]:
@@ -109,6 +119,24 @@ def _feeds(model, rng) -> list[dict]:
             assert tt.elem_type == TensorProto.FLOAT, i.name
             feeds = [{**f, i.name: rng.standard_normal(shape).astype(np.float32)} for f in feeds]
     return feeds
+
+
+@pytest.mark.parametrize("rel", _graph_files(coded=False))
+def test_self_decoding_export_runs_like_the_plain_export(rel):
+    """Every conformance vector and example with a graph: the self-decoding export, opened with default
+    options (its decoder folded), gives the plain export's outputs bit for bit. The decoder's weights are
+    checked on their own elsewhere (test_node_runtimes); this runs the whole model, whose raw stubs the
+    export must fill as well (the mixed_stubs vector: coded and raw stubs in one initializer list)."""
+    root = Path(__file__).resolve().parents[1]
+    c = from_bytes((root / rel).read_bytes())
+    plain = to_onnx_model(c)
+    selfd = _session(to_onnx_model(c, self_decoding=True))
+    for feeds in _feeds(plain, np.random.default_rng(4)):
+        want = _session(plain).run(None, feeds)
+        got = selfd.run(None, feeds)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.tobytes() == w.tobytes()
 
 
 @pytest.mark.parametrize("rel", _GRAPH_FILES)
