@@ -528,6 +528,8 @@ def compress(model: str, budget: str | None, budgets: str | None, calibration: s
         click.echo(json.dumps([{k: v for k, v in dataclasses.asdict(r).items()} for r in reports], indent=2))
         return
     for r in reports:
+        for note in r.notes[len(an.notes):]:  # the coding's own notes (the analysis's were printed above)
+            click.echo(f"note: {note}", err=True)
         click.echo(f"wrote {r.output}: {r.summary()}")
     if budgets is not None:
         click.echo(oc.sweep_table(reports))

@@ -264,6 +264,33 @@ def test_cli_compress_info_and_sweep(nested, tmp_path):
     assert bad.exit_code == 1 and "mrc compress" in bad.output     # 1: an invalid .mrc (mrc --help)
 
 
+def test_a_note_when_blocks_hold_more_kl_than_their_indices_code(nested, tmp_path):
+    """With 6-bit indices at 4 bpw many blocks hold over 7 bits of KL: the report says so (and the CLI prints
+    the coding's notes, which it used to drop); the advice is right: wider indices at the same size give a
+    lower output distortion. 12-bit indices at 2 bpw: no such note."""
+    from click.testing import CliRunner
+
+    from mrcformat.cli import main
+
+    an = analyse(nested, _feeds(), progress=False)
+    narrow = compress_onnx(an, None, "4bpw", index_bits=6, progress=False)
+    wide = compress_onnx(an, None, "4bpw", index_bits=12, progress=False)
+    note = [n for n in narrow.notes if "candidates can code" in n]
+    assert len(note) == 1 and "--index-bits 10" in note[0]
+    assert narrow.predicted_actual > 2 * narrow.predicted_distortion
+    assert wide.measured_distortion < narrow.measured_distortion and wide.file_bytes == narrow.file_bytes
+    assert not [n for n in compress_onnx(an, None, "2bpw", index_bits=12, progress=False).notes
+                if "candidates can code" in n]
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, f in enumerate(_feeds()):
+        np.savez(calib / f"{i:03d}.npz", **f)
+    r = CliRunner().invoke(main, ["compress", str(nested), "--budget", "4bpw", "--calibration", str(calib), "-o",
+                                  str(tmp_path / "n.mrc"), "--index-bits", "6", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "note: " in r.output and "candidates can code" in r.output
+
+
 @pytest.mark.slow
 def test_lenet5_compresses_and_keeps_its_accuracy(tmp_path):
     """A real trained model (the bundled LeNet-5), exported by torch.onnx, compressed post-training to
