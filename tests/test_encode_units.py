@@ -95,3 +95,77 @@ def test_allocation_gives_small_layers_relatively_more_bits():
     assert small < big                                     # smaller blocks: more bits per weight
     plans = build_plan(specs, [small, big], 12, seed=0)
     assert sum(p.payload_bytes for p in plans) <= 1556
+
+
+def _allocate_one_block_at_a_time(specs, budget_bytes, index_bits, allocation):
+    """The former allocate_blocks: after the same start, raise the lowest group's target (blocks / share) by
+    one block at a time while the budget allows; minutes on a 3 M-weight model."""
+    from mrcformat import limits as L
+    from mrcformat.bitpack import packed_length
+    from mrcformat.layout import num_blocks
+
+    ns = [s.num_values for s in specs]
+    shares = ([math.sqrt(n) for n in ns] if allocation == "sqrt" else [float(n) for n in ns] if allocation == "size"
+              else [float(allocation.get(s.name, 0.0)) for s in specs])
+    min_blocks = [num_blocks(n, L.MAX_BLOCK_SIZE) for n in ns]
+    total = (8 * budget_bytes) // index_bits
+    target = [max(mb, min(n, int(total * sh / sum(shares)))) for n, mb, sh in zip(ns, min_blocks, shares)]
+
+    def sizes(tgt):
+        bs = [min(L.MAX_BLOCK_SIZE, max(1, math.ceil(n / max(1, t)))) for n, t in zip(ns, tgt)]
+        return bs, sum(packed_length(num_blocks(n, b), index_bits) for n, b in zip(ns, bs))
+
+    bs, used = sizes(target)
+    if sum(packed_length(mb, index_bits) for mb in min_blocks) > budget_bytes:
+        raise ValueError("below the minimum")
+    while used > budget_bytes:
+        ratios = [(t / sh if sh > 0 else math.inf) if t > mb else -1 for t, sh, mb in zip(target, shares, min_blocks)]
+        g = int(np.argmax(ratios))
+        target[g] -= max(1, target[g] // 200)
+        bs, used = sizes(target)
+    while True:
+        order = np.argsort([t / sh if sh > 0 else math.inf for t, sh in zip(target, shares)], kind="stable")
+        for g in order:
+            if shares[g] <= 0 or target[g] >= ns[g]:
+                continue
+            trial = list(target)
+            trial[g] += 1
+            tbs, tused = sizes(trial)
+            if tused <= budget_bytes:
+                target, bs, used = trial, tbs, tused
+                break
+        else:
+            return bs
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_allocation_matches_growing_one_block_at_a_time(seed):
+    """allocate_blocks jumps each group straight to its next block-size change, in the order the one-block
+    loop reaches them: the same block sizes (groups of distinct sizes, so no ties), and no group could take
+    one more step within the budget."""
+    from mrcformat.bitpack import packed_length
+    from mrcformat.layout import num_blocks
+
+    rng = np.random.default_rng(seed)
+    sizes = rng.choice(np.arange(1, 4000), size=int(rng.integers(1, 12)), replace=False)
+    specs = [GroupSpec(f"g{i}", [(f"w{i}", (int(n),))]) for i, n in enumerate(sizes)]
+    bits = int(rng.choice([4, 8, 12, 16]))
+    full = sum(packed_length(int(n), bits) for n in sizes)
+    budget = int(rng.integers(max(1, full // 100), full + 2))
+    allocation = ["sqrt", "size", {s.name: float(rng.random()) for s in specs}][seed % 3]
+    try:
+        want = _allocate_one_block_at_a_time(specs, budget, bits, allocation)
+    except ValueError:
+        with pytest.raises(ValueError):
+            allocate_blocks(specs, budget, bits, allocation)
+        return
+    got = allocate_blocks(specs, budget, bits, allocation)
+    assert got == want
+    used = [packed_length(num_blocks(int(n), b), bits) for n, b in zip(sizes, got)]
+    assert sum(used) <= budget
+    shares = {"sqrt": np.sqrt(sizes), "size": sizes}.get(allocation) if isinstance(allocation, str) else \
+        [allocation[s.name] for s in specs]
+    for g, (n, b) in enumerate(zip(sizes, got)):  # no group's next block-size step fits any more
+        if b > 1 and shares[g] > 0:
+            nb = -(-int(n) // -(-int(n) // (b - 1)))
+            assert sum(used) - used[g] + packed_length(num_blocks(int(n), nb), bits) > budget, g

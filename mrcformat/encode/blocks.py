@@ -7,6 +7,7 @@ is block b. `GroupPlan.slot_of_weight[t]` is the flat slot that weight t reads
 """
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 
@@ -133,19 +134,37 @@ def allocate_blocks(specs: list[GroupSpec], budget_bytes: int, index_bits: int,
         g = int(np.argmax(ratios))
         target[g] -= max(1, target[g] // 200)
         bs, used = sizes(target)
-    while True:  # grow the group furthest below its share while the budget allows
-        order = np.argsort([t / sh if sh > 0 else math.inf for t, sh in zip(target, shares)])
-        for g in order:
-            if shares[g] <= 0 or target[g] >= ns[g]:
-                continue
-            trial = list(target)
-            trial[g] += 1
-            tbs, tused = sizes(trial)
-            if tused <= budget_bytes:
-                target, bs, used = trial, tbs, tused
-                break
-        else:
-            return bs
+    # Grow: raise every group's block count in proportion to its share (a common level t / share) while
+    # the budget allows. A group's block size, hence the bytes used, changes only when its target reaches
+    # ceil(n / (bs - 1)); so the groups are visited in the order of the level (t - 1) / share at which the
+    # step to that target is taken (ties: lowest group first), and a group whose next step does not fit is done for good (the bytes used only
+    # grow). Same block sizes as raising the lowest group's target by one at a time, without the millions
+    # of steps that took minutes on a 3 M-weight model.
+    def step(g: int) -> int | None:
+        """The target at which group g's block size next drops; None when it cannot grow."""
+        if shares[g] <= 0 or bs[g] <= 1 or target[g] >= ns[g]:
+            return None
+        return min(ns[g], -(-ns[g] // (bs[g] - 1)))
+
+    def length(g: int, b: int) -> int:
+        return packed_length(num_blocks(ns[g], b), index_bits)
+
+    heap = []
+    for g in range(len(specs)):
+        t = step(g)
+        if t is not None:
+            heapq.heappush(heap, ((t - 1) / shares[g], g, t))
+    while heap:
+        _, g, t = heapq.heappop(heap)
+        nb = _block_size_for(ns[g], t)
+        grown = used - length(g, bs[g]) + length(g, nb)
+        if grown > budget_bytes:
+            continue
+        target[g], bs[g], used = t, nb, grown
+        t = step(g)
+        if t is not None:
+            heapq.heappush(heap, ((t - 1) / shares[g], g, t))
+    return bs
 
 
 def build_plan(specs: list[GroupSpec], block_sizes: list[int], index_bits: int, seed: int,
