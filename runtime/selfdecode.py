@@ -327,9 +327,12 @@ def _all_names(model) -> set[str]:
     return names
 
 
-def _prefix(taken: set[str]) -> str:
+def _prefix(taken: set) -> str:
+    """A name prefix no existing name starts with. Names are str, or bytes where a proto2 string field holds
+    invalid UTF-8 (python protobuf returns those as bytes)."""
+    names = [n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else n for n in taken]
     p = "mrc"
-    while any(n.startswith(p) for n in taken):
+    while any(n.startswith(p) for n in names):
         p = "_" + p
     return p
 
@@ -716,6 +719,12 @@ def self_decoding_model_sources(container: str | os.PathLike | Container) -> tup
     if any(imp.domain == DOMAIN for imp in model.opset_import):
         raise GraphError(f"the stored graph already uses the operator domain {DOMAIN!r} of the self-decoding export",
                          "graph")
+    if not model.graph.output:  # onnxruntime fails inside its initialisation on a decoder nothing reads
+        raise GraphError("the graph has no outputs: a self-decoding export would compute nothing", "graph")
+    defaults = [imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")]
+    if len(defaults) > 1:  # which one a runtime takes is not defined; the decoder's nodes need to know
+        raise GraphError(f"the graph imports the default ONNX operator set {len(defaults)} times (versions "
+                         f"{', '.join(map(str, defaults))}); the self-decoding export needs exactly one", "graph")
     opset = _default_opset(model)
     if opset is None:
         model.opset_import.append(helper.make_opsetid("", OPSET))

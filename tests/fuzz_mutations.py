@@ -13,8 +13,8 @@ Kinds of damage, chosen per seed:
   altered), then written as a file whose header and CRCs are valid, so only the graph is wrong.
 
 `run_loaders` puts one file through `mrcformat.load`, `validate_file`, `mrcformat_runtime.ort.session`,
-the two-step export opened in onnxruntime, `load_state_dict` and `load_module`, and returns each one's
-outcome: "ok", an error code, or (a finding) "FOREIGN <class>: <message>" for an exception outside
+the two-step and the self-decoding exports opened in onnxruntime, `load_state_dict` and `load_module`,
+and returns each one's outcome: "ok", an error code, or (a finding) "FOREIGN <class>: <message>" for an exception outside
 mrcformat.errors.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ from strategies import make_group  # noqa: E402
 from test_corrupt import BASE, rebuild, split  # noqa: E402
 
 KINDS = ("header-bytes", "header-tree", "section-bytes", "onnx", "onnx")  # graphs get two shares
-LOADERS = ("load", "validate", "session", "two_step", "load_state_dict", "load_module")
+LOADERS = ("load", "validate", "session", "two_step", "self_decoding", "load_state_dict", "load_module")
 FUZZ_BUDGET = 64 << 20  # memory budget of every load in the campaign: bombs are refused, not allocated
 
 SPECIAL_INTS = [0, 1, -1, 2, 3, 7, 8, 16, 31, 32, 33, 64, 255, 256, 4095, 4096, 4097, 65535, 65536, 2**20, 2**24,
@@ -97,6 +97,12 @@ def _widening() -> m.Container:
     return widening_container()
 
 
+def _mixed() -> m.Container:
+    from make_vectors import mixed_stubs_container
+
+    return mixed_stubs_container(np.random.default_rng(13))
+
+
 def _hashed_identity() -> m.Container:
     """Hashing, an affine layout and an int64 raw tensor, read through Identity/Reshape."""
     from onnx import TensorProto, helper
@@ -124,7 +130,7 @@ def bases() -> list[tuple[str, bytes]]:
     if _BASES is None:
         _BASES = [("cnn", m.to_bytes(_cnn())), ("stubs-1.1", m.to_bytes(_stubs())),
                   ("hashed", m.to_bytes(_hashed_identity())), ("no-graph", BASE),
-                  ("widening-1.2", m.to_bytes(_widening()))]
+                  ("widening-1.2", m.to_bytes(_widening())), ("mixed-1.2", m.to_bytes(_mixed()))]
     return _BASES
 
 
@@ -475,6 +481,30 @@ def _two_step_outcome(path: Path, budget: int, session_outcome: str | None) -> s
     return "ok"
 
 
+def _self_decoding_outcome(path: Path, budget: int, session_outcome: str | None) -> str:
+    """The self-decoding export opened in onnxruntime with default options (its decoder folded), as a user
+    ships it. A refusal is expected only where onnxruntime refuses the plain export too (graph-runtime)."""
+    from mrcformat.errors import RuntimeGraphError
+    from mrcformat_runtime.load_budget import check_export_budget
+    from mrcformat_runtime.onnx_export import to_onnx_model
+
+    try:
+        c = m.load(path, max_decoded_bytes=budget)
+        check_export_budget(c, path.stat().st_size, budget, self_decoding=True)
+        model = to_onnx_model(c, self_decoding=True).SerializeToString()
+    except MrcError as e:
+        return e.code
+    except Exception as e:  # noqa: BLE001  # a finding, as in _outcome
+        return f"FOREIGN {type(e).__name__}: {str(e)[:200]}"
+    try:
+        _quiet_session(model, optimise=True)
+    except Exception as e:  # noqa: BLE001
+        if session_outcome == RuntimeGraphError.code or _plain_export_refused(path, budget):
+            return RuntimeGraphError.code
+        return f"FOREIGN self-decoding export refused by onnxruntime, the plain export not: {str(e)[:200]}"
+    return "ok"
+
+
 def _plain_export_refused(path: Path, budget: int) -> bool:
     """Whether onnxruntime refuses the plain export of the file too (the graph itself is wrong)."""
     from mrcformat_runtime.onnx_export import to_onnx_model
@@ -507,6 +537,8 @@ def run_loaders(path: Path, loaders=LOADERS, budget: int = FUZZ_BUDGET) -> dict[
             out[name] = _outcome(lambda: mrc_ort.session(path, max_decoded_bytes=budget))
         elif name == "two_step":
             out[name] = _two_step_outcome(path, budget, out.get("session"))
+        elif name == "self_decoding":
+            out[name] = _self_decoding_outcome(path, budget, out.get("session"))
         elif name == "load_state_dict":
             from mrcformat_runtime.torch_load import load_state_dict
 

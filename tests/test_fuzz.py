@@ -44,6 +44,7 @@ def test_fuzz_campaign(chunk, tmp_path, capfd):
     # the campaign reaches past the reader: graphs accepted, then loaded or refused by the runtimes
     assert outcomes[("onnx", "session", "ok")] > 0 and outcomes[("onnx", "session", "graph-runtime")] > 0
     assert outcomes[("onnx", "two_step", "ok")] > 0  # two-step files written and opened in onnxruntime
+    assert outcomes[("onnx", "self_decoding", "ok")] > 0  # self-decoding exports opened, decoder folded
     assert sum(v for (k, loader, o), v in outcomes.items() if loader == "load_state_dict" and o == "ok") > 0
     assert {k for k, _, _ in outcomes} == set(F.KINDS)
 

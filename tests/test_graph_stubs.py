@@ -207,3 +207,68 @@ def test_raw_and_coded_stubs_side_by_side(tmp_path, form, raw_dtype, coded_first
         export(path, tmp_path / "m.onnx", self_decoding=form == "self_decoding")
         y = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+
+
+def test_self_decoding_export_with_a_name_that_is_not_utf8():
+    """Fuzzing seed 15000556: a graph name with invalid UTF-8 (SPEC 7.6 does not check strings as UTF-8;
+    python protobuf returns such a proto2 string as bytes) made the self-decoding export fail with a
+    TypeError while choosing its name prefix. Now the export is written, and onnxruntime runs it as it
+    runs the plain export."""
+    from onnx import TensorProto, helper
+
+    from mrcformat.layout import choose_affine
+    from mrcformat_runtime.onnx_export import to_onnx_model
+    from make_vectors import group
+
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["xx_in"]), helper.make_node("Relu", ["xx_in"], ["y"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])])
+    graph = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=8).SerializeToString()
+    graph = graph.replace(b"xx_in", b"xx\xff\xfen")
+    c = m.Container(seed=3, groups=[group(np.random.default_rng(4), 30, 8, 6, layout=choose_affine(30, 3, 0))],
+                    tensors=[m.Tensor("w", (6, 5), "coded", group=0)], graph=graph)
+    c = m.from_bytes(m.to_bytes(c))
+    model = to_onnx_model(c, self_decoding=True)  # raised TypeError
+    assert b"xx\xff\xfen" in model.SerializeToString()  # the name is kept as it was
+    plain = to_onnx_model(c)
+    x = np.random.default_rng(5).standard_normal((2, 6)).astype(np.float32)
+    try:
+        want = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - onnxruntime may refuse the name; then both forms are refused
+        with pytest.raises(Exception):
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(got.run(None, {"x": x})[0], want.run(None, {"x": x})[0])
+
+
+def test_self_decoding_export_refuses_two_default_opsets():
+    """Fuzzing seed 2973: a graph importing the default operator set twice (18 and 1). onnxruntime ran the
+    plain export but resolved the self-decoding export's decoder nodes against the other version and refused
+    it ("No Op registered for Expand"); the export now says what is wrong instead."""
+    from onnx import helper
+
+    from mrcformat_runtime.onnx_export import to_onnx_model
+
+    c = _container()
+    model = onnx.ModelProto.FromString(c.graph)
+    model.opset_import.append(helper.make_opsetid("", 1))
+    c.graph = model.SerializeToString()
+    c = m.from_bytes(m.to_bytes(c))
+    with pytest.raises(GraphError, match="default ONNX operator set 2 times"):
+        to_onnx_model(c, self_decoding=True)
+
+
+def test_self_decoding_export_refuses_a_graph_without_outputs():
+    """Fuzzing seed 5776: a graph whose outputs were all removed. onnxruntime opens the plain export (nothing
+    to run) but failed inside its initialisation on the self-decoding one ("OrtValue indexes should have been
+    populated"); the export now says why it refuses."""
+    from mrcformat_runtime.onnx_export import to_onnx_model
+
+    c = _container()
+    model = onnx.ModelProto.FromString(c.graph)
+    del model.graph.output[:]
+    c.graph = model.SerializeToString()
+    c = m.from_bytes(m.to_bytes(c))
+    with pytest.raises(GraphError, match="no outputs"):
+        to_onnx_model(c, self_decoding=True)
