@@ -43,6 +43,7 @@ def _worker(rank: int, world: int, init: str, workdir: str) -> None:
         assert (data is None) == (rank != 0)
         if data is not None:
             Path(workdir, "dist.mrc").write_bytes(data)
+        dist.barrier()  # both ranks done with their collectives before either tears gloo down
     finally:
         dist.destroy_process_group()
 
