@@ -745,14 +745,10 @@ def self_decoding_model_sources(container: str | os.PathLike | Container) -> tup
     rename = {name: dec.b.fresh() for name in sorted(stubs) if name in coded}
     dec.tensors(wanted, rename)
     top_identities = []
-    # raw stubs are filled first: taking an initializer stub out below rebuilds its graph's initializer
-    # list from copies, and a raw stub of that graph filled afterwards would be filled in a detached copy
     for name, stub in stubs.items():
         t = c.tensor(name)
         if t.encoding == "raw":
             fill_stub(stub, stub_array(stub, t, t.data)[1])
-    for name, stub in stubs.items():
-        if c.tensor(name).encoding == "raw":
             continue
         if stub.node is not None:
             node = stub.node
@@ -760,9 +756,12 @@ def self_decoding_model_sources(container: str | os.PathLike | Container) -> tup
             del node.attribute[:]
             node.input.append(rename[name])
             continue
-        keep = [i for i in stub.graph.initializer if i is not stub.tensor and i.name != name]
-        del stub.graph.initializer[:]
-        stub.graph.initializer.extend(keep)
+        # deleted in place: rebuilding the list would copy its messages and detach the other stubs of this
+        # graph (a raw one listed after it was then filled in a copy and onnxruntime refused the model)
+        inits = stub.graph.initializer
+        for k in reversed(range(len(inits))):
+            if inits[k].name == name:
+                del inits[k]
         ident = helper.make_node("Identity", [rename[name]], [name], name=dec.b.fresh())
         if stub.graph is g:
             top_identities.append(ident)

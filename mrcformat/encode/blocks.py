@@ -137,12 +137,12 @@ def allocate_blocks(specs: list[GroupSpec], budget_bytes: int, index_bits: int,
     # Grow: raise every group's block count in proportion to its share (a common level t / share) while
     # the budget allows. A group's block size, hence the bytes used, changes only when its target reaches
     # ceil(n / (bs - 1)); so the groups are visited in the order of the level (t - 1) / share at which the
-    # step to that target is taken (ties: lowest group first), and a group whose next step does not fit is done for good (the bytes used only
-    # grow). Same block sizes as raising the lowest group's target by one at a time, without the millions
-    # of steps that took minutes on a 3 M-weight model.
+    # step to that target is taken (ties: lowest group first), and a group whose next step does not fit is
+    # done for good (the bytes used only grow). Same block sizes as raising the lowest group's target by
+    # one at a time, without the millions of steps that took minutes on a 3 M-weight model.
     def step(g: int) -> int | None:
-        """The target at which group g's block size next drops; None when it cannot grow."""
-        if shares[g] <= 0 or bs[g] <= 1 or target[g] >= ns[g]:
+        """The target at which group g's block size next drops; None when it cannot grow (block size 1)."""
+        if shares[g] <= 0 or bs[g] <= 1:
             return None
         return min(ns[g], -(-ns[g] // (bs[g] - 1)))
 
@@ -160,7 +160,7 @@ def allocate_blocks(specs: list[GroupSpec], budget_bytes: int, index_bits: int,
         grown = used - length(g, bs[g]) + length(g, nb)
         if grown > budget_bytes:
             continue
-        target[g], bs[g], used = t, nb, grown
+        bs[g], used = nb, grown
         t = step(g)
         if t is not None:
             heapq.heappush(heap, ((t - 1) / shares[g], g, t))
