@@ -59,26 +59,24 @@ def network_model(container: str | os.PathLike | Container) -> tuple:
     top = model.graph
     fed = [t for t in c.tensors if t.name in wanted and t.encoding == "coded"]
     fed_names = {t.name for t in fed}
-    # fill the raw tensors' stubs first: rebuilding a graph's lists below copies its messages
+    # take the fed tensors' stubs out, deleted in place: rebuilding a list would copy its messages and
+    # detach the graph's other stubs (and subgraphs) from the references `graph_stubs` handed out
+    graphs = {id(stubs[t.name].graph): stubs[t.name].graph for t in fed if t.name in stubs}
+    graphs.setdefault(id(top), top)  # a 1.0 file's top graph may name a coded tensor in its initializers
+    for g in graphs.values():
+        for k in reversed(range(len(g.initializer))):
+            if g.initializer[k].name in fed_names:
+                del g.initializer[k]
+        for k in reversed(range(len(g.node))):
+            nd = g.node[k]
+            if nd.op_type == "Constant" and nd.output and nd.output[0] in fed_names:
+                del g.node[k]
+    # the raw tensors fill their stubs after the deletions: the stubs are still the graph's own messages
     for t, arr in decoded_arrays(c, wanted - fed_names):
         if t.name in stubs:
             fill_stub(stubs[t.name], stub_array(stubs[t.name], t, arr)[1])
         else:
             top.initializer.append(raw_initializer(t.name, t.dtype, arr))
-    # take the fed tensors' stubs out, deepest graphs first: rebuilding a graph's lists copies its
-    # messages, subgraphs included, so a subgraph must be edited before the graph holding it is rebuilt
-    taken = [stubs[t.name] for t in fed if t.name in stubs]
-    graphs = {id(s.graph): (s.path.count("/"), s.graph) for s in taken}
-    graphs.setdefault(id(top), (0, top))  # a 1.0 file's top graph may name a coded tensor in its initializers
-    for _, g in sorted(graphs.values(), key=lambda x: -x[0]):
-        keep_init = [i for i in g.initializer if i.name not in fed_names]
-        keep_nodes = [nd for nd in g.node if not (nd.op_type == "Constant" and nd.output and nd.output[0] in fed_names)]
-        if len(keep_init) < len(g.initializer):
-            del g.initializer[:]
-            g.initializer.extend(keep_init)
-        if len(keep_nodes) < len(g.node):
-            del g.node[:]
-            g.node.extend(keep_nodes)
     # a fed tensor is a float32 input of its file shape, also where the graph already declared an input of
     # that name (IR < 4 style, or a declaration the stub shadowed inside a subgraph): the tensor decides
     declared = {i.name: i for i in top.input}
