@@ -689,15 +689,38 @@ def _convert_opset(model, c: Container, wanted: set[str], opset: int, stubbed: f
     added = [t for t in c.tensors if t.name in wanted and t.name not in declared and t.name not in stubbed]
     model.graph.input.extend(helper.make_tensor_value_info(t.name, ONNX_DTYPES[t.dtype], list(t.shape)) for t in added)
     try:
-        model = version_converter.convert_version(model, OPSET)
+        converted = version_converter.convert_version(model, OPSET)
     except Exception as e:
         raise GraphError(f"the graph uses opset {opset}; converting it to opset {OPSET} for the self-decoding "
                          f"export failed: {e}", "graph") from e
+    _check_conversion(model, converted, opset)
+    model = converted
     drop = {t.name for t in added}
     keep = [i for i in model.graph.input if i.name not in drop]
     del model.graph.input[:]
     model.graph.input.extend(keep)
     return model
+
+
+def _check_conversion(before, after, opset: int) -> None:
+    """GraphError if ONNX's strict shape inference fails on the opset-18 graph but not on the stored one
+    (the file's tensors declared as inputs of their shapes in both): a later operator version checks more
+    (Gemm-13 unifies its inner dimension, Gemm-9 and -11 do not), so a contradiction the stored graph
+    never surfaced, e.g. a declared input shape that no run could feed, would make onnxruntime refuse
+    the exported model. Failures of the stored graph itself (unknown operators, ...) pass: not ours."""
+    from onnx import shape_inference
+
+    try:
+        shape_inference.infer_shapes(after, strict_mode=True)
+    except Exception as e:  # noqa: BLE001  # onnx raises InferenceError / ValidationError / RuntimeError
+        try:
+            shape_inference.infer_shapes(before, strict_mode=True)
+        except Exception:  # noqa: BLE001
+            return
+        raise GraphError(f"the graph uses opset {opset}, and the self-decoding export needs opset {OPSET}; at opset "
+                         f"{OPSET} its shapes contradict each other (ONNX shape inference: "
+                         f"{str(e).strip()[:300]}): onnxruntime would refuse the exported model. Export it "
+                         "plain or as two steps (export_two_step), which keep the stored opset", "graph") from e
 
 
 def self_decoding_model(container: str | os.PathLike | Container):

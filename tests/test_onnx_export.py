@@ -258,3 +258,40 @@ def test_ort_session_plain_and_self_decoding_give_the_reference_bits(c):
         return
     for self_decoding in (False, True):
         _assert_identity_outputs_match(c, session(c, self_decoding=self_decoding).run(None, {}))
+
+
+def _gemm_after_conv(height: int, opset: int) -> Container:
+    """x[1,1,height,8] -> Conv 3x3 (w1) -> Flatten -> Gemm(w2 [144, 10], b2): Gemm's inner dimension is
+    4 * (height - 2) * 6, which matches w2 only at height 8; the graph imports opset `opset`."""
+    rng = np.random.default_rng(11)
+    groups = [make_group(36, block_size=6, index_bits=5, rng=rng), make_group(1440, block_size=24, index_bits=6, rng=rng)]
+    tensors = [Tensor("w1", (4, 1, 3, 3), "coded", group=0), Tensor("w2", (144, 10), "coded", group=1),
+               Tensor("b2", (10,), "raw", dtype="float32", data=rng.normal(size=10).astype("<f4"))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], kernel_shape=[3, 3]),
+             helper.make_node("Flatten", ["c"], ["f"]),
+             helper.make_node("Gemm", ["f", "w2", "b2"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, height, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    return Container(seed=3, groups=groups, tensors=tensors, graph=model.SerializeToString())
+
+
+def test_self_decoding_export_refuses_a_contradiction_that_its_opset_conversion_surfaces(tmp_path):
+    """Fuzz seed 14975: an opset-9 graph whose declared input height makes Gemm's inner dimension disagree with
+    the weight. Gemm-9 does not check it, so onnxruntime opens the plain export; the self-decoding export needs
+    opset 18, where Gemm-13 unifies the dimension and onnxruntime refused the exported model. The export now
+    says so (GraphError naming the conversion) instead of writing that model; plain and two-step still work."""
+    bad = _gemm_after_conv(height=20, opset=9)
+    _session(to_onnx_model(bad))  # the stored opset: opens
+    with pytest.raises(GraphError, match=r"opset 9.*opset 18.*Gemm") as e:
+        to_onnx_model(bad, self_decoding=True)
+    assert e.value.code == "graph"
+    export_two_step(bad, tmp_path / "w.onnx", tmp_path / "n.onnx")
+    _session(onnx.load(tmp_path / "n.onnx"))
+    # the same graph with a consistent height converts and opens, and so does the contradiction at opset 18,
+    # which the stored graph states itself (onnxruntime's own message, not the export's concern)
+    good = _gemm_after_conv(height=8, opset=9)
+    sd = _session(to_onnx_model(good, self_decoding=True))
+    x = np.random.default_rng(0).normal(size=(1, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(sd.run(None, {"x": x})[0], _session(to_onnx_model(good)).run(None, {"x": x})[0])
+    to_onnx_model(_gemm_after_conv(height=20, opset=18), self_decoding=True)
