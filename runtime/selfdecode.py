@@ -712,7 +712,7 @@ def _check_conversion(before, after, opset: int) -> None:
 
     try:
         shape_inference.infer_shapes(after, strict_mode=True)
-    except Exception as e:  # noqa: BLE001  # onnx raises InferenceError / ValidationError / RuntimeError
+    except Exception as e:  # onnx raises InferenceError, ValidationError or RuntimeError
         try:
             shape_inference.infer_shapes(before, strict_mode=True)
         except Exception:  # noqa: BLE001
