@@ -54,7 +54,7 @@ import numpy as np
 from mrcformat.bitpack import pack_indices
 from mrcformat.container import Container
 from mrcformat.errors import GraphError
-from mrcformat.onnx_graphs import all_graphs
+from mrcformat.onnx_graphs import all_graphs, constant_value
 from mrcformat.decoder import value_scales
 from mrcformat.sampler import check_coding_parameters, normal_table
 from mrcformat.streams import DOMAIN_CANDIDATE, DOMAIN_HASH, domain_word, seed_key
@@ -773,18 +773,21 @@ def self_decoding_model_sources(container: str | os.PathLike | Container) -> tup
         if t.encoding == "raw":
             fill_stub(stub, stub_array(stub, t, t.data)[1])
             continue
+        # the stub is deleted in place (rebuilding a list would copy its messages and detach the graph's other
+        # stubs: a raw one listed after it was then filled in a copy and onnxruntime refused the model), and an
+        # Identity of the decoded value goes to the front of its graph. In place of a Constant it could stand
+        # after its consumers: onnxruntime turns Constants into initializers, so such a graph opens plain, but
+        # an Identity there leaves it unsorted, which onnxruntime refuses (fuzz seed 33718)
         if stub.node is not None:
-            node = stub.node
-            node.op_type, node.domain = "Identity", ""
-            del node.attribute[:]
-            node.input.append(rename[name])
-            continue
-        # deleted in place: rebuilding the list would copy its messages and detach the other stubs of this
-        # graph (a raw one listed after it was then filled in a copy and onnxruntime refused the model)
-        inits = stub.graph.initializer
-        for k in reversed(range(len(inits))):
-            if inits[k].name == name:
-                del inits[k]
+            nodes = stub.graph.node
+            for k in reversed(range(len(nodes))):
+                if constant_value(nodes[k]) is not None and nodes[k].output and nodes[k].output[0] == name:
+                    del nodes[k]
+        else:
+            inits = stub.graph.initializer
+            for k in reversed(range(len(inits))):
+                if inits[k].name == name:
+                    del inits[k]
         ident = helper.make_node("Identity", [rename[name]], [name], name=dec.b.fresh())
         if stub.graph is g:
             top_identities.append(ident)

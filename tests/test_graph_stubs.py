@@ -272,3 +272,44 @@ def test_self_decoding_export_refuses_a_graph_without_outputs():
     c = m.from_bytes(m.to_bytes(c))
     with pytest.raises(GraphError, match="no outputs"):
         to_onnx_model(c, self_decoding=True)
+
+
+@pytest.mark.parametrize("form", ["plain", "self_decoding", "two_step"])
+@pytest.mark.parametrize("flag", [True, False])
+def test_a_constant_stub_listed_after_its_consumer(tmp_path, form, flag):
+    """Fuzzing seed 33718: the then-branch's Constant stub listed after the MatMul that reads it, in an If
+    whose domain is spelled "ai.onnx". onnxruntime opens the plain export of that graph (with the domain
+    spelled "" it refuses it: "Nodes in a graph must be topologically sorted"); the self-decoding export
+    turned the stub into an Identity in the same place, and onnxruntime refused it even so. The stub is
+    now deleted and its Identity goes to the front of the graph, so that form opens in both spellings."""
+    from mrcformat_runtime.onnx_export import export, export_two_step
+
+    def swap(model):
+        then = _then(model)
+        first, second = onnx.NodeProto(), onnx.NodeProto()
+        first.CopyFrom(then.node[1])
+        second.CopyFrom(then.node[0])
+        assert second.op_type == "Constant" and first.op_type == "MatMul"
+        del then.node[:]
+        then.node.extend([first, second])
+        model.graph.node[0].domain = "ai.onnx"
+
+    c = _container()
+    c.graph = _graph_variant(swap)
+    path = tmp_path / "m.mrc"
+    m.save(c, path)
+    d = m.decode(m.load(path))
+    x = np.random.default_rng(6).standard_normal((5, 4)).astype(np.float32)
+    feeds = {"x": x, "flag": np.array(flag)}
+    if form == "two_step":
+        export_two_step(path, tmp_path / "w.onnx", tmp_path / "n.onnx")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        dec = ort.InferenceSession(str(tmp_path / "w.onnx"), opts, providers=["CPUExecutionProvider"])
+        fed = dict(zip([o.name for o in dec.get_outputs()], dec.run(None, {})))
+        y = ort.InferenceSession(str(tmp_path / "n.onnx"), providers=["CPUExecutionProvider"]).run(
+            None, {**fed, **feeds})[0]
+    else:
+        export(path, tmp_path / "m.onnx", self_decoding=form == "self_decoding")
+        y = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_array_equal(y, _reference(d, x, flag).astype(np.float32))
