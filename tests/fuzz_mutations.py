@@ -499,18 +499,19 @@ def _self_decoding_outcome(path: Path, budget: int, session_outcome: str | None)
     try:
         _quiet_session(model, optimise=True)
     except Exception as e:  # noqa: BLE001
-        if session_outcome == RuntimeGraphError.code or _plain_export_refused(path, budget):
+        if session_outcome == RuntimeGraphError.code or _plain_export_refused(path, budget, optimise=True):
             return RuntimeGraphError.code
         return f"FOREIGN self-decoding export refused by onnxruntime, the plain export not: {str(e)[:200]}"
     return "ok"
 
 
-def _plain_export_refused(path: Path, budget: int) -> bool:
-    """Whether onnxruntime refuses the plain export of the file too (the graph itself is wrong)."""
+def _plain_export_refused(path: Path, budget: int, optimise: bool = False) -> bool:
+    """Whether onnxruntime refuses the plain export of the file too (the graph itself is wrong), opened
+    with the options of the form it is compared with (the self-decoding model: default options)."""
     from mrcformat_runtime.onnx_export import to_onnx_model
 
     try:
-        _quiet_session(to_onnx_model(m.load(path, max_decoded_bytes=budget)).SerializeToString(), optimise=False)
+        _quiet_session(to_onnx_model(m.load(path, max_decoded_bytes=budget)).SerializeToString(), optimise=optimise)
     except Exception:  # noqa: BLE001
         return True
     return False
