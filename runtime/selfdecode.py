@@ -707,20 +707,34 @@ def _check_conversion(before, after, opset: int) -> None:
     (the file's tensors declared as inputs of their shapes in both): a later operator version checks more
     (Gemm-13 unifies its inner dimension, Gemm-9 and -11 do not), so a contradiction the stored graph
     never surfaced, e.g. a declared input shape that no run could feed, would make onnxruntime refuse
-    the exported model. Failures of the stored graph itself (unknown operators, ...) pass: not ours."""
+    the exported model. Declared value_info and output shapes are left out of both checks: onnxruntime
+    merges those leniently (a converted Reshape may then disagree with a stale value_info, and the model
+    still opens: ddddocr's common.onnx). Failures of the stored graph itself (unknown operators, ...) pass."""
     from onnx import shape_inference
 
     try:
-        shape_inference.infer_shapes(after, strict_mode=True)
+        shape_inference.infer_shapes(_without_shape_hints(after), strict_mode=True)
     except Exception as e:  # onnx raises InferenceError, ValidationError or RuntimeError
         try:
-            shape_inference.infer_shapes(before, strict_mode=True)
+            shape_inference.infer_shapes(_without_shape_hints(before), strict_mode=True)
         except Exception:  # noqa: BLE001
             return
         raise GraphError(f"the graph uses opset {opset}, and the self-decoding export needs opset {OPSET}; at opset "
                          f"{OPSET} its shapes contradict each other (ONNX shape inference: "
                          f"{str(e).strip()[:300]}): onnxruntime would refuse the exported model. Export it "
                          "plain or as two steps (export_two_step), which keep the stored opset", "graph") from e
+
+
+def _without_shape_hints(model):
+    """A copy of `model` whose graphs (subgraphs too) have no value_info and outputs of unknown shape."""
+    copy = type(model)()
+    copy.CopyFrom(model)
+    for g in all_graphs(copy.graph):
+        del g.value_info[:]
+        for o in g.output:
+            if o.type.HasField("tensor_type"):
+                o.type.tensor_type.ClearField("shape")
+    return copy
 
 
 def self_decoding_model(container: str | os.PathLike | Container):

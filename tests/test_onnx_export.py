@@ -295,3 +295,29 @@ def test_self_decoding_export_refuses_a_contradiction_that_its_opset_conversion_
     x = np.random.default_rng(0).normal(size=(1, 1, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(sd.run(None, {"x": x})[0], _session(to_onnx_model(good)).run(None, {"x": x})[0])
     to_onnx_model(_gemm_after_conv(height=20, opset=18), self_decoding=True)
+
+
+def test_self_decoding_export_ignores_a_stale_declared_output_shape():
+    """ddddocr's common.onnx (opset 12) declares its output [1, -1] where the model gives [columns, 1, classes].
+    After the conversion to opset 18, ONNX infers the Reshape's rank through Shape/Gather/Unsqueeze/Concat
+    and its strict mode reports the clash with the declaration, which onnxruntime merges leniently (the model
+    opens and runs). The conversion check leaves declared shapes out, so such a graph still exports."""
+    rng = np.random.default_rng(5)
+    c = Container(seed=4, groups=[make_group(6, block_size=3, index_bits=4, rng=rng)],
+                  tensors=[Tensor("w", (6,), "coded", group=0)])
+    nodes = [helper.make_node("Mul", ["x", "w"], ["t"]),
+             helper.make_node("Shape", ["t"], ["s"]),
+             helper.make_node("Gather", ["s", "i0"], ["g0"], axis=0),
+             helper.make_node("Unsqueeze", ["g0"], ["u0"], axes=[0]),
+             helper.make_node("Concat", ["u0", "tail"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["t", "shape"], ["y"])]
+    inits = [onnx.numpy_helper.from_array(np.array(0, np.int64), "i0"),
+             onnx.numpy_helper.from_array(np.array([1, -1], np.int64), "tail")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 4, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, -1])], inits)
+    c.graph = helper.make_model(g, opset_imports=[helper.make_opsetid("", 12)], ir_version=7).SerializeToString()
+    x = rng.normal(size=(5, 4, 6)).astype(np.float32)
+    plain = _session(to_onnx_model(c)).run(None, {"x": x})[0]
+    sd = _session(to_onnx_model(c, self_decoding=True)).run(None, {"x": x})[0]
+    assert plain.shape == (5, 1, 24)
+    np.testing.assert_array_equal(sd, plain)
