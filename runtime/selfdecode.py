@@ -756,6 +756,18 @@ def self_decoding_model_sources(container: str | os.PathLike | Container) -> tup
     if any(imp.domain == DOMAIN for imp in model.opset_import):
         raise GraphError(f"the stored graph already uses the operator domain {DOMAIN!r} of the self-decoding export",
                          "graph")
+    wanted = wanted_names(c, model)
+    if not any(t.encoding == "coded" and t.name in wanted for t in c.tensors):
+        # nothing to decode: the plain model, not the stored graph moved to opset 18 and IR 8 for a decoder it
+        # does not hold (a later IR reads the graph differently: fuzz seed 63954, an IR-1 graph whose input
+        # shadows a raw Constant stub, which onnxruntime opened plain and refused once moved to IR 8)
+        stubs = graph_stubs(c, model)
+        for t in c.tensors:
+            if t.name in stubs:
+                fill_stub(stubs[t.name], stub_array(stubs[t.name], t, t.data)[1])
+            elif t.name in wanted:
+                model.graph.initializer.append(raw_initializer(t.name, t.dtype, t.data))
+        return model, {}
     defaults = [imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")]
     if len(defaults) > 1:  # which one a runtime takes is not defined; the decoder's nodes need to know
         raise GraphError(f"the graph imports the default ONNX operator set {len(defaults)} times (versions "
@@ -764,7 +776,6 @@ def self_decoding_model_sources(container: str | os.PathLike | Container) -> tup
     if opset is None:
         model.opset_import.append(helper.make_opsetid("", OPSET))
         opset = OPSET
-    wanted = wanted_names(c, model)
     if not model.graph.output and any(t.encoding == "coded" and t.name in wanted for t in c.tensors):
         # onnxruntime fails inside its initialisation on a decoder whose results nothing reads
         raise GraphError("the graph has no outputs: its self-decoding export would decode weights nothing reads",

@@ -313,3 +313,22 @@ def test_a_constant_stub_listed_after_its_consumer(tmp_path, form, flag):
         export(path, tmp_path / "m.onnx", self_decoding=form == "self_decoding")
         y = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_array_equal(y, _reference(d, x, flag).astype(np.float32))
+
+
+def test_self_decoding_export_of_a_graph_without_coded_tensors_is_the_plain_model():
+    """Fuzzing seed 63954: the widening vector's graph (raw tensors only) set to IR version 1, with a graph
+    input `b` of shape [2] shadowing the Constant stub of `b`. onnxruntime opens the plain export; the
+    self-decoding export moved the graph to IR 8 and opset 18 for a decoder it did not hold, where onnxruntime
+    refused it ("Shape of initializer b does not match"). With nothing to decode it is now the plain model."""
+    from make_vectors import widening_container
+
+    c = widening_container()
+    model = onnx.ModelProto.FromString(c.graph)
+    model.ir_version = 1
+    model.graph.input.append(onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [2]))
+    c.graph = model.SerializeToString()
+    c = m.from_bytes(m.to_bytes(c))
+    plain, sd = to_onnx_model(c), to_onnx_model(c, self_decoding=True)
+    assert sd.SerializeToString() == plain.SerializeToString()
+    x = np.arange(8, dtype=np.float32)
+    ort.InferenceSession(sd.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
