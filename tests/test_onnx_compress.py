@@ -3,6 +3,7 @@ the budget met, bits where the importance is, a real model within tolerance."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -277,6 +278,7 @@ def test_a_note_when_blocks_hold_more_kl_than_their_indices_code(nested, tmp_pat
     wide = compress_onnx(an, None, "4bpw", index_bits=12, progress=False)
     note = [n for n in narrow.notes if "candidates can code" in n]
     assert len(note) == 1 and "--index-bits 10" in note[0]
+    assert re.search(r"about \d+(\.\d)? (s|min|h) here, against \d+(\.\d)? (s|min|h)\)", note[0]), note[0]
     assert narrow.predicted_actual > 2 * narrow.predicted_distortion
     assert wide.measured_distortion < narrow.measured_distortion and wide.file_bytes == narrow.file_bytes
     assert not [n for n in compress_onnx(an, None, "2bpw", index_bits=12, progress=False).notes
