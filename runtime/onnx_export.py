@@ -10,8 +10,7 @@ import os
 from mrcformat.atomic import atomic_write_bytes
 from mrcformat.container import Container
 
-from .onnx_model import decoded_arrays, fill_stub, graph_model, graph_stubs, load_container, raw_initializer, stub_array, \
-    serialize, wanted_names
+from .onnx_model import graph_model, graph_stubs, load_container, put_tensors, serialize, wanted_names
 from .selfdecode import regenerated_weights_model, self_decoding_model
 
 __all__ = ["export", "export_two_step", "network_model", "to_onnx_model"]
@@ -31,11 +30,7 @@ def to_onnx_model(container: str | os.PathLike | Container, *, self_decoding: bo
     stubs = graph_stubs(c, model)
     wanted = wanted_names(c, model, stubs)
     # tensors listed as graph inputs (IR < 4 style) stay there: the initializer becomes their default
-    for t, arr in decoded_arrays(c, wanted):
-        if t.name in stubs:
-            fill_stub(stubs[t.name], stub_array(stubs[t.name], t, arr)[1])
-        else:
-            model.graph.initializer.append(raw_initializer(t.name, t.dtype, arr))
+    put_tensors(c, model, stubs, wanted)
     return model
 
 
@@ -72,11 +67,7 @@ def network_model(container: str | os.PathLike | Container) -> tuple:
             if nd.op_type == "Constant" and nd.output and nd.output[0] in fed_names:
                 del g.node[k]
     # the raw tensors fill their stubs after the deletions: the stubs are still the graph's own messages
-    for t, arr in decoded_arrays(c, wanted - fed_names):
-        if t.name in stubs:
-            fill_stub(stubs[t.name], stub_array(stubs[t.name], t, arr)[1])
-        else:
-            top.initializer.append(raw_initializer(t.name, t.dtype, arr))
+    put_tensors(c, model, stubs, wanted - fed_names)
     # a fed tensor is a float32 input of its file shape, also where the graph already declared an input of
     # that name (IR < 4 style, or a declaration the stub shadowed inside a subgraph): the tensor decides
     declared = {i.name: i for i in top.input}

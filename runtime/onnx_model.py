@@ -27,6 +27,7 @@ __all__ = [
     "graph_model",
     "graph_stubs",
     "load_container",
+    "put_tensors",
     "raw_initializer",
     "referenced_names",
     "serialize",
@@ -137,6 +138,16 @@ def decoded_arrays(c: Container, wanted: set[str]) -> Iterable[tuple[Tensor, np.
                 pos += m.numel
             current_group = t.group
         yield t, current[t.name]
+
+
+def put_tensors(c: Container, model, stubs: dict[str, Stub], names: set[str]) -> None:
+    """Decode the named file tensors (`decoded_arrays`) into `model`: each into its stub, else appended to the
+    top graph's initializers (what the plain export does with every tensor the graph reads)."""
+    for t, arr in decoded_arrays(c, names):
+        if t.name in stubs:
+            fill_stub(stubs[t.name], stub_array(stubs[t.name], t, arr)[1])
+        else:
+            model.graph.initializer.append(raw_initializer(t.name, t.dtype, arr))
 
 
 def serialize(model) -> bytes:

@@ -29,6 +29,25 @@ def _reference(d: dict, x: np.ndarray, flag: bool) -> np.ndarray:
     return y + d["bias"]
 
 
+def _run_form(path: Path, form: str, feeds: dict, tmp_path: Path) -> np.ndarray:
+    """The first output of the file's `form` export ("plain", "self_decoding" or "two_step", the last with
+    its decoder run once, optimisations off, and its outputs fed to the network) in onnxruntime."""
+    from mrcformat_runtime.onnx_export import export, export_two_step
+
+    fed = {}
+    if form == "two_step":
+        export_two_step(path, tmp_path / "w.onnx", tmp_path / "n.onnx")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        dec = ort.InferenceSession(str(tmp_path / "w.onnx"), opts, providers=["CPUExecutionProvider"])
+        fed = dict(zip([o.name for o in dec.get_outputs()], dec.run(None, {})))
+        model = tmp_path / "n.onnx"
+    else:
+        model = tmp_path / "m.onnx"
+        export(path, model, self_decoding=form == "self_decoding")
+    return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {**fed, **feeds})[0]
+
+
 def test_find_stubs_names_every_place():
     model = onnx.ModelProto.FromString(stubs_graph())
     stubs, problems = find_stubs(model.graph, {"w_then", "w_else", "w_loop", "bias"})
@@ -170,7 +189,6 @@ def test_raw_and_coded_stubs_side_by_side(tmp_path, form, raw_dtype, coded_first
     from onnx import TensorProto, helper
 
     from mrcformat.layout import choose_affine
-    from mrcformat_runtime.onnx_export import export, export_two_step
     from make_vectors import group
 
     def stub(name, dims):
@@ -195,17 +213,7 @@ def test_raw_and_coded_stubs_side_by_side(tmp_path, form, raw_dtype, coded_first
     d = m.decode(m.load(path))
     x = np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32)
     want = x @ d["w"] + d["b"].astype(np.float32)
-    if form == "two_step":
-        export_two_step(path, tmp_path / "w.onnx", tmp_path / "n.onnx")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        dec = ort.InferenceSession(str(tmp_path / "w.onnx"), opts, providers=["CPUExecutionProvider"])
-        fed = dict(zip([o.name for o in dec.get_outputs()], dec.run(None, {})))
-        y = ort.InferenceSession(str(tmp_path / "n.onnx"), providers=["CPUExecutionProvider"]).run(
-            None, {**fed, "x": x})[0]
-    else:
-        export(path, tmp_path / "m.onnx", self_decoding=form == "self_decoding")
-        y = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    y = _run_form(path, form, {"x": x}, tmp_path)
     np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
 
 
@@ -282,7 +290,6 @@ def test_a_constant_stub_listed_after_its_consumer(tmp_path, form, flag):
     spelled "" it refuses it: "Nodes in a graph must be topologically sorted"); the self-decoding export
     turned the stub into an Identity in the same place, and onnxruntime refused it even so. The stub is
     now deleted and its Identity goes to the front of the graph, so that form opens in both spellings."""
-    from mrcformat_runtime.onnx_export import export, export_two_step
 
     def swap(model):
         then = _then(model)
@@ -300,18 +307,7 @@ def test_a_constant_stub_listed_after_its_consumer(tmp_path, form, flag):
     m.save(c, path)
     d = m.decode(m.load(path))
     x = np.random.default_rng(6).standard_normal((5, 4)).astype(np.float32)
-    feeds = {"x": x, "flag": np.array(flag)}
-    if form == "two_step":
-        export_two_step(path, tmp_path / "w.onnx", tmp_path / "n.onnx")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        dec = ort.InferenceSession(str(tmp_path / "w.onnx"), opts, providers=["CPUExecutionProvider"])
-        fed = dict(zip([o.name for o in dec.get_outputs()], dec.run(None, {})))
-        y = ort.InferenceSession(str(tmp_path / "n.onnx"), providers=["CPUExecutionProvider"]).run(
-            None, {**fed, **feeds})[0]
-    else:
-        export(path, tmp_path / "m.onnx", self_decoding=form == "self_decoding")
-        y = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    y = _run_form(path, form, {"x": x, "flag": np.array(flag)}, tmp_path)
     np.testing.assert_array_equal(y, _reference(d, x, flag).astype(np.float32))
 
 
