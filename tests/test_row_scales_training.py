@@ -122,3 +122,29 @@ def test_per_row_changes_the_run_and_its_checkpoint_fingerprint(tmp_path):
     run(checkpoint=str(ck))
     with pytest.raises(ValueError, match="other settings"):
         run(per_row=True, checkpoint=str(ck))
+
+
+@pytest.mark.parametrize("method", ["mean-var", "mean-kl"])
+def test_groups_without_row_scales_start_where_they_did_before_row_scales(method):
+    """Unscaled groups compute their start with sigma_p as a Python float, as before row scales existed:
+    Mean-Var's log std is float32(log(ratio * sigma_p)) rounded once (a float32 product and log differ in
+    the last bit for some sigma_p, e.g. LeNet-5's conv2, and the bundled recipe then trained to another
+    file), Mean-KL's logits and nu the expressions with that float."""
+    import math
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(300, generator=g) * 0.05
+    spec = GroupSpec("w", [("w", (300,))])
+    (plan,) = build_plan([spec], [9], 8, seed=3)
+    for log_sp in torch.linspace(-6.0, 1.0, 400, dtype=torch.float64).tolist():
+        post = GroupPosterior(plan, method, w, init_log_sp=log_sp, init_std_ratio=0.1)
+        sp = math.exp(log_sp)
+        if method == "mean-var":
+            assert torch.equal(post.log_std.detach(), torch.full_like(post.log_std, math.log(0.1 * sp))), log_sp
+        else:
+            values = post._values_from_weights(w)
+            logits = torch.log((values / sp) ** 2 + 0.05).masked_fill(~plan.valid, -1e4)
+            kl = post.kl_target * torch.softmax(logits, dim=1)
+            nu = torch.atanh((values / (sp * torch.sqrt(2 * kl).clamp_min(1e-12))).clamp(-0.95, 0.95))
+            assert torch.equal(post.logits.detach(), logits), log_sp
+            assert torch.equal(post.nu.detach(), nu.masked_fill(~plan.valid, 0.0)), log_sp

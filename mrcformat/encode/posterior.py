@@ -89,10 +89,14 @@ class GroupPosterior(nn.Module):
         row_scale, slot_scale = self._row_scales(values, rms)
         self.register_buffer("row_scale", row_scale)       # bfloat16 values, fixed: SPEC 4.2 group scales
         self.register_buffer("slot_scale", slot_scale)     # each slot's row scale ([nb, bsz]; padding 1)
-        sp = math.exp(log_sp) * slot_scale                 # each slot's initial coding sigma
+        # each slot's initial coding sigma. Without row scales a Python float, as before row scales
+        # existed: a float32 tensor here rounds the initial log std and Mean-KL's start differently in
+        # the last bit, and every run (the bundled recipes' too) then trains to another file.
+        sp = math.exp(log_sp) * slot_scale if self.scaled else math.exp(log_sp)
         if method == "mean-var":
             self.mean = nn.Parameter(values)
-            log_std = torch.log(init_std_ratio * sp).reshape(-1)
+            log_std = (torch.log(init_std_ratio * sp).reshape(-1) if self.scaled
+                       else torch.full((nb * bsz,), math.log(init_std_ratio * sp)))
             if init_log_std is not None:
                 log_std[:plan.num_values] = init_log_std.detach().float().cpu()
             self.log_std = nn.Parameter(log_std.view(nb, bsz))
