@@ -379,3 +379,19 @@ def test_checkpoints_of_another_starting_network_are_refused(pretrained, tmp_pat
         _compress(other, x, y, method="mean-var", checkpoint=str(ckpt))
     with pytest.raises(ValueError, match="other training settings"):
         _compress(other, x, y, method="mean-var", trained_checkpoint=str(trained))
+
+
+def test_checkpoints_load_without_running_code(pretrained, tmp_path):
+    """A checkpoint holds tensors, numbers and strings only; one that would unpickle an object is refused."""
+    import pickle
+
+    from mrcformat.encode.checkpoint import load_checkpoint, save_checkpoint
+    model, x, y = pretrained
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(Interrupted):
+        _compress(model, x, y, checkpoint=str(ckpt), interrupt_after=35, allocation="kl", alloc_steps=10)
+    assert load_checkpoint(ckpt)["state"]
+    bad = tmp_path / "bad.ckpt"
+    save_checkpoint({"state": nn.Linear(2, 2)}, bad)            # a module: only unpickling could make it
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(bad)

@@ -1,4 +1,7 @@
-"""Training checkpoints, written atomically (`mrcformat.atomic`): a crash leaves the old or the new file."""
+"""Training checkpoints, written atomically (`mrcformat.atomic`): a crash leaves the old or the new file.
+
+Read with `torch.load(weights_only=True)`: tensors, numbers, strings and containers only, so opening a
+checkpoint (one from somewhere else too) never runs code."""
 from __future__ import annotations
 
 import os
@@ -23,4 +26,4 @@ def load_checkpoint(path: str | os.PathLike) -> dict | None:
     path = Path(path)
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
