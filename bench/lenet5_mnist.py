@@ -77,6 +77,8 @@ def _extras(r: dict) -> str:
         text += f", retraining lr x{r['retrain_lr']:g}"
     if r.get("refine_sweeps"):
         text += ", refined"
+    if r.get("noise", "local") != "local":
+        text += f", {r['noise']} noise"
     return text
 
 
@@ -127,25 +129,28 @@ def allocations(runs: list[dict]) -> str:
 
 
 _RECIPE = ("budget_bytes", "method", "index_bits", "steps", "retrain_steps", "blocks_per_round", "hashing",
-           "kl_margin", "biases", "greedy", "shift", "retrain_lr", "distill", "refine_sweeps", "allocation")
+           "kl_margin", "biases", "greedy", "shift", "retrain_lr", "distill", "refine_sweeps", "allocation", "noise")
+_DEFAULTS = {"noise": "local"}   # settings added later: runs recorded before them had the default
 
 
 def seed_groups(runs: list[dict]) -> list[list[dict]]:
     """Runs of one recipe (same `_RECIPE` settings and starting network) under two or more seeds, each list sorted by seed."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((*(str(r.get(k)) for k in _RECIPE), _init(r)), []).append(r)
+        groups.setdefault((*(str(r.get(k, _DEFAULTS.get(k))) for k in _RECIPE), _init(r)), []).append(r)
     return [sorted(rs, key=lambda r: r["seed"]) for rs in groups.values() if len({r["seed"] for r in rs}) > 1]
 
 
 def seeds(runs: list[dict]) -> str:
-    """Table of `seed_groups`: error per seed, mean and range."""
-    lines = ["| recipe (seed-1 label) | index payload (B) | test error per seed | mean | min - max |", "|---|---|---|---|---|"]
+    """Table of `seed_groups`: error per seed, mean and range, and the wall times."""
+    lines = ["| recipe (seed-1 label) | index payload (B) | test error per seed | mean | min - max | wall time per seed |",
+             "|---|---|---|---|---|---|"]
     for rs in seed_groups(runs):
         errs = [r["test_error_percent"] for r in rs]
         lines.append(f"| {rs[0]['label']} | {rs[0]['payload_bytes']} | "
                      + ", ".join(f"seed {r['seed']}: {r['test_error_percent']:.2f}%" for r in rs)
-                     + f" | {sum(errs) / len(errs):.2f}% | {min(errs):.2f}% - {max(errs):.2f}% |")
+                     + f" | {sum(errs) / len(errs):.2f}% | {min(errs):.2f}% - {max(errs):.2f}% | "
+                     + ", ".join(_wall(r) for r in rs) + " |")
     return "\n".join(lines) if len(lines) > 2 else "(no recipe run under several seeds yet)"
 
 

@@ -1,12 +1,13 @@
 """Cost of one MIRACLE training step against one plain training step of the same network.
 
-    .venv/bin/python bench/train_step.py [--models ocr,lenet5] [--repeats 9] [--threads 2]
+    .venv/bin/python bench/train_step.py [--models ocr,lenet5] [--noise local,weights] [--repeats 9] [--threads 2]
                                          [--label "after, 2 threads"] [--profile] [--out bench/results]
 
 For each network the trainer is set up as `mrcformat.encode.compress` sets it up (coded layer specs,
 "sqrt" block allocation of a small budget at 16 bits per block, affine layout, group posteriors,
 `variationalize`, `MiracleTrainer` with the default `TrainConfig`), for both methods, with and
-without hashing, and timed step by step next to a plain step of the original network
+without hashing, with each `--noise` (local reparameterisation, the default, and "weight noise":
+one weight sample per step, `TrainConfig.noise="weights"`), and timed step by step next to a plain step of the original network
 (forward + cross-entropy + backward + Adam, batches from the same kind of loader). Measurements
 are interleaved (one step of every configuration per round, `--repeats` rounds after `--warmup`
 rounds) so that a busy machine slows all of them alike; the table gives medians and the ratio of
@@ -100,6 +101,7 @@ MODELS = {
     "lenet5": (LeNet5, mnist_like, 128, 1024, 1556, 4.0),
 }
 LABELS = {"ocr": "OCR CNN", "lenet5": "LeNet-5"}
+NOISE_LABEL = {"local": "", "weights": ", weight noise"}   # TrainConfig.noise; the default keeps the old labels
 
 
 def loader(x, y, batch, seed=0):
@@ -107,7 +109,8 @@ def loader(x, y, batch, seed=0):
                       generator=torch.Generator().manual_seed(seed))
 
 
-def build_trainer(model, dl, method: str, budget: int, hashing, index_bits: int = 16, seed: int = 0):
+def build_trainer(model, dl, method: str, budget: int, hashing, index_bits: int = 16, seed: int = 0,
+                  noise: str = "local"):
     """`compress`'s set-up of the trainer (allocation "sqrt", coded biases, affine layout)."""
     torch.manual_seed(seed)
     specs = coded_layer_specs(model, "coded", hashing)
@@ -119,7 +122,7 @@ def build_trainer(model, dl, method: str, budget: int, hashing, index_bits: int 
         w = torch.cat([params[name].detach().reshape(-1).float().cpu() for name, _ in plan.spec.members])
         posteriors.append(GroupPosterior(plan, method, w))
     vmodel, layers = variationalize(model, coded_bias=True)
-    cfg = TrainConfig(method=method, steps=2000, seed=seed, progress=False)
+    cfg = TrainConfig(method=method, steps=2000, seed=seed, progress=False, noise=noise)
     trainer = MiracleTrainer(vmodel, layers, posteriors, dl, cfg, seed=seed)
     info = {"groups": len(plans), "blocks": sum(p.num_blocks for p in plans),
             "values": sum(p.num_values for p in plans)}
@@ -145,7 +148,7 @@ class PlainStep:
         self.opt.step()
 
 
-def configs_for(name: str, methods: list[str]):
+def configs_for(name: str, methods: list[str], noises: tuple[str, ...] = ("local",)):
     make, data, batch, n, budget, ratio = MODELS[name]
     gen = torch.Generator().manual_seed(1)
     x, y = data(n, gen)
@@ -154,10 +157,11 @@ def configs_for(name: str, methods: list[str]):
     weights = sum(m.weight.numel() for m in model.modules() if type(m) in (nn.Linear, nn.Conv2d))
     out = [("plain", PlainStep(model, loader(x, y, batch)), {})]
     for method in methods:
-        for hashing in (None, ratio):
-            trainer, info = build_trainer(model, loader(x, y, batch), method, budget, hashing)
-            label = f"{method}" + (f", hashing x{ratio:g}" if hashing else "")
-            out.append((label, trainer.train_step, info))
+        for noise in noises:
+            for hashing in (None, ratio):
+                trainer, info = build_trainer(model, loader(x, y, batch), method, budget, hashing, noise=noise)
+                label = f"{method}" + (f", hashing x{ratio:g}" if hashing else "") + NOISE_LABEL[noise]
+                out.append((label, trainer.train_step, info))
     meta = {"weights": weights, "batch": batch, "input": list(x.shape[1:]), "budget_bytes": budget}
     return out, meta
 
@@ -166,8 +170,8 @@ def _faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def measure(name: str, methods: list[str], repeats: int, warmup: int) -> dict:
-    configs, meta = configs_for(name, methods)
+def measure(name: str, methods: list[str], repeats: int, warmup: int, noises: tuple[str, ...] = ("local",)) -> dict:
+    configs, meta = configs_for(name, methods, noises)
     times = {label: [] for label, _, _ in configs}
     cpu = {label: [] for label, _, _ in configs}
     faults = {label: [] for label, _, _ in configs}
@@ -301,6 +305,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="ocr,lenet5")
     ap.add_argument("--methods", default="mean-var,mean-kl")
+    ap.add_argument("--noise", default="local,weights",
+                    help="TrainConfig.noise values to time: local (local reparameterisation), weights (one sample per step)")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
@@ -325,7 +331,7 @@ def main(argv=None) -> None:
     res = {"env": env, "models": {}}
     for name in models:
         print(f"{LABELS[name]}:", flush=True)
-        res["models"][name] = measure(name, methods, args.repeats, args.warmup)
+        res["models"][name] = measure(name, methods, args.repeats, args.warmup, tuple(args.noise.split(",")))
     if args.profile:
         res["profile"] = {name: profile(name, methods) for name in models}
     results[args.label] = res

@@ -1,7 +1,7 @@
 """Compress LeNet-5-Caffe on MNIST with MIRACLE and check the file by decoding it.
 
     python examples/lenet5_mnist.py --quick          # ~3 KiB of indices, about 4 minutes on 2 CPU cores
-    # the bundled files (seed 1, one thread: byte-identical reruns; ~20 and ~40 min on this CPU):
+    # the bundled files (seed 1, one thread: byte-identical reruns; ~25 and ~40 min on this CPU):
     python examples/lenet5_mnist.py --threads 1 --budget 1556 --hashing fc1=64,conv2=8,fc2=4 --shift 1 \
         --retrain-lr 0.5 --out examples/lenet5-small.mrc --checkpoint small.ckpt
     python examples/lenet5_mnist.py --threads 1 --budget 3102 --hashing fc1=32,conv2=4,fc2=2 --shift 1 \
@@ -22,6 +22,9 @@ The run starts from a bundled pretrained network (float16): by default examples/
 `--pretrain` trains one into `--init`. The test error printed at the end is measured on the
 10,000 MNIST test images from the saved .mrc file alone: onnxruntime on the stored graph with
 the decoded weights (or, when the file has no graph, the numpy-decoded weights in the torch model).
+`--noise weights` samples the weights once per step instead of local reparameterisation's noise per
+pre-activation: each step about half the time, errors within the recipes' seed spread
+(bench/results/lenet5_mnist.md), files of their own (not the bundled ones).
 An interrupted run given the same `--checkpoint` continues where it stopped and ends with the same file.
 Runs given the same `--trained-checkpoint` train once: later ones start coding from the trained state.
 `--results FILE.json` adds the run's record (sizes, error, times, KL history) for bench/lenet5_mnist.py.
@@ -132,6 +135,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--biases", choices=["coded", "separate", "raw"], default="coded")
     ap.add_argument("--choice", choices=["greedy", "sampled"], default="greedy",
                     help="index of each block: its highest-weight candidate, or MIRACLE's seeded sample")
+    ap.add_argument("--noise", choices=["local", "weights"], default="local",
+                    help="training noise: a normal per pre-activation (local reparameterisation, two products "
+                         "per layer) or one weight sample per step (one product per layer, about twice as fast)")
     ap.add_argument("--refine-sweeps", type=int, default=0,
                     help="after coding, sweeps re-choosing each index for the loss (Fisher-weighted model)")
     ap.add_argument("--retrain-lr", type=float, default=None,
@@ -187,6 +193,7 @@ def main(argv=None) -> dict:
                       teacher=model if args.distill > 0 else None, distill_weight=args.distill,
                       distill_temperature=args.temperature, retrain_lr_factor=args.retrain_lr,
                       hashing=hashing, biases=args.biases, greedy=args.choice == "greedy", seed=args.seed,
+                      noise=args.noise,
                       device=args.device, checkpoint=args.checkpoint,
                       trained_checkpoint=args.trained_checkpoint, progress=not args.no_progress,
                       example_input=torch.zeros(1, 1, 28, 28),
@@ -195,7 +202,7 @@ def main(argv=None) -> dict:
     size = result.save(args.out)
     err, how = test_error_of_file(args.out)
     record = {"label": args.label or Path(args.out).stem, "out": str(args.out), "budget_bytes": args.budget,
-              "method": args.method, "index_bits": args.bits, "steps": args.steps,
+              "method": args.method, "index_bits": args.bits, "steps": args.steps, "noise": args.noise,
               "retrain_steps": args.retrain_steps, "blocks_per_round": args.blocks_per_round,
               "hashing": args.hashing, "kl_margin": args.kl_margin, "biases": args.biases,
               "greedy": args.choice == "greedy", "shift": args.shift, "retrain_lr": args.retrain_lr,

@@ -457,12 +457,16 @@ def _budgets(text: str) -> list[str]:
               help="N > 0: then N steps of MIRACLE training from the post-training file (needs torch; "
                    "mrcformat.encode.onnx_finetune), matching the original's outputs on the calibration inputs "
                    "(with --state: on each calibration sequence run step by step, the state carried).")
+@click.option("--noise", type=click.Choice(["local", "weights"]), default="local", show_default=True,
+              help="With --steps: training noise. local: a normal per pre-activation of each Linear/Conv (local "
+                   "reparameterisation, two products per layer); weights: one weight sample per step (one product "
+                   "per layer: steps about twice as fast, noisier gradients).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report(s) as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compress(model: str, budget: str | None, budgets: str | None, calibration: str, output: str, index_bits: int,
              importance: str, max_feeds: int, importance_feeds: int, min_elements: int, half: bool,
-             state_pairs: tuple[str, ...], sequence_length: int | None, seed: int, steps: int, as_json: bool,
-             quiet: bool) -> None:
+             state_pairs: tuple[str, ...], sequence_length: int | None, seed: int, steps: int, noise: str,
+             as_json: bool, quiet: bool) -> None:
     """Compress an ONNX model (MODEL.onnx) into a .mrc file, without training.
 
     Weights are coded wherever they live (initializers, Constant nodes, If/Loop/Scan bodies); the graph
@@ -493,6 +497,8 @@ def compress(model: str, budget: str | None, budgets: str | None, calibration: s
         _fail("--sequence-length needs --state")
     if steps and budgets is not None:
         _fail("--steps works with one --budget")
+    if noise != "local" and not steps:
+        _fail("--noise sets how --steps trains: give --steps N too")
     opts = dict(index_bits=index_bits, seed=seed)
     try:
         an = oc.analyse(model, calibration, importance=importance, min_elements=min_elements, max_feeds=max_feeds,
@@ -503,7 +509,7 @@ def compress(model: str, budget: str | None, budgets: str | None, calibration: s
         if budget is not None and steps:
             from .encode.onnx_finetune import finetune_onnx
 
-            tuned = finetune_onnx(an, output, budget, steps=steps, progress=not quiet, **opts)
+            tuned = finetune_onnx(an, output, budget, steps=steps, progress=not quiet, noise=noise, **opts)
             if as_json:
                 click.echo(json.dumps({**{k: v for k, v in dataclasses.asdict(tuned).items()
                                           if k not in ("post_training", "history")},

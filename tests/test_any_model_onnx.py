@@ -1,4 +1,6 @@
 """MIRACLE training for ONNX models from their post-training file (`onnx_finetune`, `mrc compress --steps`)."""
+import json
+
 import numpy as np
 import pytest
 
@@ -73,6 +75,18 @@ def test_cli_steps_runs_miracle_after_post_training(tiny, tmp_path):
     res = CliRunner().invoke(main, ["compress", str(path), "--budgets", "2bpw,3bpw", "--calibration", str(calib), "-o",
                                     str(tmp_path / "sweep"), "--steps", "10", "--quiet"])
     assert res.exit_code != 0 and "--steps works with one --budget" in res.output
+    tuned = {}                                                  # --noise reaches the training
+    for noise in ("local", "weights"):
+        res = CliRunner().invoke(main, ["compress", str(path), "--budget", "3bpw", "--calibration", str(calib), "-o",
+                                        str(tmp_path / f"{noise}.mrc"), "--index-bits", "8", "--steps", "10",
+                                        "--noise", noise, "--json", "--quiet"])
+        assert res.exit_code == 0, res.output
+        assert mrcformat.validate_file(tmp_path / f"{noise}.mrc") == []
+        tuned[noise] = json.loads(res.stdout[res.stdout.index("{"):])["finetuned_distortion"]
+    assert tuned["local"] != tuned["weights"]                   # (either file may be the post-training one)
+    res = CliRunner().invoke(main, ["compress", str(path), "--budget", "3bpw", "--calibration", str(calib), "-o",
+                                    str(tmp_path / "x.mrc"), "--noise", "weights", "--quiet"])
+    assert res.exit_code != 0 and "--noise sets how --steps trains" in res.output
 
 
 def test_finetuning_keeps_the_post_training_allocation_and_measures_like_the_probe(tiny, tmp_path):

@@ -215,10 +215,15 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
             result, the other ranks score candidates and return None. The file is the same for any
             number of processes.
         **train_options: fields of `TrainConfig` (steps, retrain_steps, blocks_per_round, lr, seed,
-            device, checkpoint, greedy, progress, ...). `trained_checkpoint=PATH` keeps the state at
-            the end of training there; a later run that differs only in how it codes (retrain_steps,
-            retrain_lr_factor, blocks_per_round, final_steps, greedy) starts from it and ends with the
-            file it would have made from scratch.
+            device, checkpoint, greedy, progress, noise, ...). `noise="weights"` samples every coded
+            weight once per step (hashed copies share their sample, as they share their value in the
+            file) instead of a normal per pre-activation of each Linear/Conv2d (`"local"`, local
+            reparameterisation, the default): a step then costs about a plain training step instead
+            of ~2x (bench/train_step.py), with noise shared by the batch (bench/lenet5_mnist.py
+            compares the two). `trained_checkpoint=PATH` keeps the state at the end of training
+            there; a later run that differs only in how it codes (retrain_steps, retrain_lr_factor,
+            blocks_per_round, final_steps, greedy) starts from it and ends with the file it would
+            have made from scratch.
     """
     t_start = time.perf_counter()
     known = {f.name for f in fields(TrainConfig)}
@@ -253,6 +258,8 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
                 "kl_margin": kl_margin, "init_std_ratio": init_std_ratio, "layout": layout,
                 "batch_transform": repr(batch_transform),
                 **{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in volatile}}
+    if cfg.noise == "local":    # the default is left out: checkpoints made before the option still match
+        del settings["noise"]
     if not labelled:        # the objective: reproduce the original model's outputs
         distill = Distillation(teacher if teacher is not None else model, distill_temperature, 1.0, divergence)
     else:

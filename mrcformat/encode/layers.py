@@ -5,8 +5,10 @@ weight's (and, if coded, the bias's) mean and variance from the group posterior
 (`set_moments`). In training mode the layer samples its pre-activations,
 out = conv(x, W_mean) + sqrt(conv(x^2, W_var)) * eps, which is the exact distribution of the
 output under independent Gaussian weights and has far lower gradient variance than sampling
-the weights. In eval mode it uses the means. `variationalize` swaps these layers into a copy
-of a model.
+the weights. In eval mode it uses the means. A layer handed a weight sample instead of a variance
+(`set_moments(w, None)`: the trainer's `noise="weights"`) computes its plain product with it: one
+product per layer instead of two, at the price of noise shared by the whole batch.
+`variationalize` swaps these layers into a copy of a model.
 
 Any other coded parameter (a Conv1d's, an LSTM's, an Embedding's, a custom module's, or a Linear
 whose class overrides `forward`) is *generic*: `make_variational` turns it into a non-persistent
@@ -183,7 +185,7 @@ class VariationalLayer(nn.Module):
         w_mean, w_var, b_mean, b_var = self._moments
         bias_mean = b_mean if self.coded_bias else self.bias
         out = self._op(x, w_mean, bias_mean)
-        if not self.training:
+        if not self.training or w_var is None:     # eval, or handed a weight sample (noise="weights")
             return out
         x2 = _Square.apply(x) if x.requires_grad and torch.is_grad_enabled() else x * x
         var = self._op(x2, w_var, b_var if self.coded_bias else None)

@@ -235,15 +235,38 @@ class GroupPosterior(nn.Module):
         return (_Gather.apply(mean.reshape(-1), self.slot_of_weight, sign),
                 _Gather.apply(var.reshape(-1), self.slot_of_weight, None))
 
-    def member_moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{tensor name: (mean, var)} reshaped to the member tensors' shapes."""
-        wm, wv = self.weight_moments()
+    def weight_sample(self, generator: torch.Generator) -> torch.Tensor:
+        """One sample of every weight of the group (member order) from q, coded blocks fixed.
+
+        One standard normal per slot ([num_blocks, block_size], padding included, drawn like
+        torch.randn of that shape): the weights that share a slot (hashing) share its sample, with
+        their signs, as they share its decoded value in the file. Differentiable in q's parameters
+        (reparameterisation: mean + std * noise)."""
+        mean, log_std = self.slot_moments()
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        value = mean + torch.exp(log_std) * noise
+        if self.any_coded() or self.coded_value.requires_grad:
+            value = torch.where(self.coded[:, None], self.coded_value, value)
+        sign = self.sign if self.sign.numel() else None
+        return _Gather.apply(value.reshape(-1), self.slot_of_weight, sign)
+
+    def member_samples(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """{tensor name: one weight sample} (`weight_sample`) reshaped to the member tensors' shapes."""
+        return self._split(self.weight_sample(generator))
+
+    def _split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         out, pos = {}, 0
         for name, shape in self.plan.spec.members:
             k = int(np.prod(shape, dtype=np.int64))
-            out[name] = (wm[pos:pos + k].view(shape), wv[pos:pos + k].view(shape))
+            out[name] = flat[pos:pos + k].view(shape)
             pos += k
         return out
+
+    def member_moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{tensor name: (mean, var)} reshaped to the member tensors' shapes."""
+        wm, wv = self.weight_moments()
+        means, variances = self._split(wm), self._split(wv)
+        return {name: (means[name], variances[name]) for name in means}
 
     def fix_block(self, block: int, index: int, values: torch.Tensor) -> None:
         """Mark `block` coded with candidate `index` whose values (slot order) are `values`."""

@@ -35,7 +35,9 @@ from .layers import _VAR_FLOOR
 from .posterior import GroupPosterior
 from .signature import batch_size, call, split_batch, to_device
 
-__all__ = ["Interrupted", "MiracleTrainer", "ResumableBatches", "TrainConfig"]
+__all__ = ["NOISE", "Interrupted", "MiracleTrainer", "ResumableBatches", "TrainConfig"]
+
+NOISE = ("local", "weights")
 
 
 @dataclass
@@ -57,6 +59,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     generator: str = "auto"         # candidate scorer: "native" (compiled kernels), "numpy", "torch" or "auto"
+    noise: str = "local"            # "local": a normal per pre-activation (local reparameterisation) in Linear/Conv2d;
+                                    # "weights": one weight sample per step, per coded value (the cost of a plain step)
     checkpoint: str | None = None
     checkpoint_every: int = 500     # actions between checkpoints
     trained_checkpoint: str | None = None  # state at the end of training, shared by runs that differ only in coding
@@ -153,6 +157,8 @@ class MiracleTrainer:
         self.distill = distill.to(self.device) if distill is not None else None  # distill.Distillation
         self.seed = seed
         self.num_examples = config.num_examples or len(loader.dataset)
+        if config.noise not in NOISE:
+            raise ValueError(f"noise must be one of {NOISE}, not {config.noise!r}")
         if config.kl_control not in ("block", "global"):
             raise ValueError(f"kl_control must be 'block' or 'global', not {config.kl_control!r}")
         self.betas = nn.ModuleList([BlockBeta(p.plan.num_blocks, config.beta0, config.beta_eps)
@@ -193,11 +199,18 @@ class MiracleTrainer:
     def has_raw_parameters(self) -> bool:
         return any(True for _ in self.model.parameters())
 
-    def set_moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Hand every variational layer its moments; returns {coded name: (mean, var)}."""
+    def set_moments(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """Hand every variational layer its moments; returns {coded name: (mean, var)}.
+
+        With `noise="weights"` in training mode every coded tensor gets one sample instead,
+        (sample, None): the layers then compute their plain product with it."""
         moments = {}
-        for p in self.posteriors:
-            moments.update(p.member_moments())
+        if self.cfg.noise == "weights" and self.model.training:
+            for p in self.posteriors:
+                moments.update({name: (w, None) for name, w in p.member_samples(self.noise).items()})
+        else:
+            for p in self.posteriors:
+                moments.update(p.member_moments())
         for layer in self.layers.values():
             wm, wv = moments[layer.weight_name]
             bm = bv = None
@@ -212,7 +225,7 @@ class MiracleTrainer:
         out = {}
         for name in self.generic:
             mean, var = moments[name]
-            if self.model.training:
+            if self.model.training and var is not None:
                 noise = torch.randn(mean.shape, generator=self.noise, device=mean.device, dtype=mean.dtype)
                 out[name] = mean + torch.sqrt(var + _VAR_FLOOR) * noise
             else:
