@@ -231,9 +231,13 @@ class GroupPosterior(nn.Module):
             coded = self.coded[:, None]
             mean = torch.where(coded, self.coded_value, mean)
             var = torch.where(coded, 0.0, var)
-        sign = self.sign if self.sign.numel() else None
-        return (_Gather.apply(mean.reshape(-1), self.slot_of_weight, sign),
-                _Gather.apply(var.reshape(-1), self.slot_of_weight, None))
+        return self._gather(mean, signed=True), self._gather(var, signed=False)
+
+    def _gather(self, slot_values: torch.Tensor, signed: bool) -> torch.Tensor:
+        """Slot-order values ([num_blocks, block_size]) to the group's weights in member order (each
+        weight reads its slot; with hashing times its sign when `signed`)."""
+        sign = self.sign if signed and self.sign.numel() else None
+        return _Gather.apply(slot_values.reshape(-1), self.slot_of_weight, sign)
 
     def weight_sample(self, generator: torch.Generator) -> torch.Tensor:
         """One sample of every weight of the group (member order) from q, coded blocks fixed.
@@ -247,8 +251,7 @@ class GroupPosterior(nn.Module):
         value = mean + torch.exp(log_std) * noise
         if self.any_coded() or self.coded_value.requires_grad:
             value = torch.where(self.coded[:, None], self.coded_value, value)
-        sign = self.sign if self.sign.numel() else None
-        return _Gather.apply(value.reshape(-1), self.slot_of_weight, sign)
+        return self._gather(value, signed=True)
 
     def member_samples(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """{tensor name: one weight sample} (`weight_sample`) reshaped to the member tensors' shapes."""
