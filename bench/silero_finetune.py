@@ -44,7 +44,7 @@ def _eval(path: Path) -> dict:
 
 def run(budgets: list[float], steps: int, index_bits: int, batch: int, work: Path, divergence, lr: float | None,
         log, method: str = "mean-kl", stream: int = 0, tracks: int = 1, per_row: bool = True,
-        greedy: bool = False) -> list[dict]:
+        greedy: bool = False, noise: str = "local") -> list[dict]:
     import torch
 
     from mrcformat.encode.onnx_compress import analyse
@@ -64,7 +64,8 @@ def run(budgets: list[float], steps: int, index_bits: int, batch: int, work: Pat
     rows = []
     for b in budgets:
         out = work / f"ft_{b}bpw_s{steps}.mrc"
-        opts = ({"lr": lr} if lr is not None else {}) | {"method": method, "per_row": per_row, "greedy": greedy}
+        opts = ({"lr": lr} if lr is not None else {}) | {"method": method, "per_row": per_row, "greedy": greedy,
+                                                             "noise": noise}
         t0 = time.perf_counter()
         r = finetune_onnx(an, out, f"{b}bpw", steps=steps, index_bits=index_bits, progress=True,
                           divergence=divergence, keep_better=False, **opts)
@@ -80,7 +81,7 @@ def run(budgets: list[float], steps: int, index_bits: int, batch: int, work: Pat
                    ft_bits_per_param=8 * r.file_bytes / an.coded_weights,
                    post_distortion=post.measured_distortion, ft_distortion=r.measured_distortion,
                    seconds=r.seconds, wall_seconds=wall, method=method, stream=stream, tracks=tracks, batch=batch,
-                   per_row=per_row, greedy=greedy,
+                   per_row=per_row, greedy=greedy, noise=noise,
                    post={k: v for k, v in ev_post.items()}, ft={k: v for k, v in ev_ft.items()})
         rows.append(row)
         log(f"{b} bpw: D post {post.measured_distortion:.4g} fine-tuned {r.measured_distortion:.4g}; "
@@ -111,6 +112,7 @@ def _setting(r: dict) -> str:
     data = f", {r['tracks']} training tracks" if r.get("tracks", 1) > 1 else ""
     rows = ", row scales" if r.get("per_row") else ""   # rows before per-row training had none
     rows += ", greedy" if r.get("greedy") else ""
+    rows += ", weight noise" if r.get("noise", "local") == "weights" else ""
     return f"{r['method']}, {r['steps']} steps, {r['index_bits']}-bit blocks{rows}, {how}{data}"
 
 
@@ -119,9 +121,11 @@ def write(rows: list[dict], meta: dict, append: bool = False) -> None:
     old = RESULTS / "silero_finetune.json"
     if append and old.exists():  # rows of other settings kept; a row of the same setting replaced
         key = ("budget_bpw", "steps", "index_bits", "method", "stream", "tracks", "batch", "per_row", "greedy")
-        new = {tuple(r.get(k) for k in key) for r in rows}
+        def setting(r):  # rows recorded before the noise option trained with local noise
+            return (*(r.get(k) for k in key), r.get("noise", "local"))
+        new = {setting(r) for r in rows}
         prev = json.loads(old.read_text())
-        rows = [r for r in prev["rows"] if tuple(r.get(k) for k in key) not in new] + rows
+        rows = [r for r in prev["rows"] if setting(r) not in new] + rows
         meta = dict(meta, argv=prev["meta"]["argv"] + "; then " + meta["argv"])
     rows = sorted(rows, key=lambda r: (r.get("stream", 0), r["method"], r["steps"], r["budget_bpw"]))
     (RESULTS / "silero_finetune.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
@@ -192,6 +196,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-per-row", action="store_true",
                     help="one coding sigma per tensor in the fine-tuned file (finetune_onnx per_row=False)")
     ap.add_argument("--greedy", action="store_true", help="code each block's best candidate (finetune_onnx greedy=True)")
+    ap.add_argument("--noise", default="local", choices=["local", "weights"], help="training noise (TrainConfig.noise)")
     ap.add_argument("--work", default="/tmp/silero_finetune")
     ap.add_argument("--note", default="")
     ap.add_argument("--no-write", action="store_true")
@@ -214,7 +219,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows = run([float(b) for b in a.budgets.split(",")], a.steps, a.index_bits, a.batch, work, a.divergence, a.lr,
-               lambda m: print(m, flush=True), a.method, a.stream, a.tracks, not a.no_per_row, a.greedy)
+               lambda m: print(m, flush=True), a.method, a.stream, a.tracks, not a.no_per_row, a.greedy, a.noise)
     args = " ".join(sys.argv[1:] if argv is None else argv)
     args = re.sub(r" ?--(work|note) \S+( [^-]\S*)*", "", args)  # paths and the free-text note
     meta = dict(argv=args, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

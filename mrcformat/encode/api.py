@@ -218,9 +218,10 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
             device, checkpoint, greedy, progress, noise, ...). `noise="weights"` samples every coded
             weight once per step (hashed copies share their sample, as they share their value in the
             file) instead of a normal per pre-activation of each Linear/Conv2d (`"local"`, local
-            reparameterisation, the default): a step then costs about a plain training step instead
-            of ~2x (bench/train_step.py), with noise shared by the batch (bench/lenet5_mnist.py
-            compares the two). `trained_checkpoint=PATH` keeps the state at the end of training
+            reparameterisation, the default): where Linear/Conv2d carry the work a step then costs
+            about a plain training step instead of ~2x (bench/train_step.py), with noise shared by
+            the batch; LeNet-5 kept its errors (bench/results/lenet5_recipe_time.md), silero-vad
+            fine-tuning did not (bench/results/silero_finetune_noise.md). `trained_checkpoint=PATH` keeps the state at the end of training
             there; a later run that differs only in how it codes (retrain_steps, retrain_lr_factor,
             blocks_per_round, final_steps, greedy) starts from it and ends with the file it would
             have made from scratch.
