@@ -1,6 +1,7 @@
 """Cost of one MIRACLE training step against one plain training step of the same network.
 
-    .venv/bin/python bench/train_step.py [--models ocr,lenet5] [--noise local,weights] [--repeats 9] [--threads 2]
+    .venv/bin/python bench/train_step.py [--models ocr,lenet5] [--noise local,weights] [--channels-last]
+                                         [--repeats 9] [--threads 2]
                                          [--label "after, 2 threads"] [--profile] [--out bench/results]
 
 For each network the trainer is set up as `mrcformat.encode.compress` sets it up (coded layer specs,
@@ -110,7 +111,7 @@ def loader(x, y, batch, seed=0):
 
 
 def build_trainer(model, dl, method: str, budget: int, hashing, index_bits: int = 16, seed: int = 0,
-                  noise: str = "local"):
+                  noise: str = "local", channels_last: bool = False):
     """`compress`'s set-up of the trainer (allocation "sqrt", coded biases, affine layout)."""
     torch.manual_seed(seed)
     specs = coded_layer_specs(model, "coded", hashing)
@@ -122,7 +123,7 @@ def build_trainer(model, dl, method: str, budget: int, hashing, index_bits: int 
         w = torch.cat([params[name].detach().reshape(-1).float().cpu() for name, _ in plan.spec.members])
         posteriors.append(GroupPosterior(plan, method, w))
     vmodel, layers = variationalize(model, coded_bias=True)
-    cfg = TrainConfig(method=method, steps=2000, seed=seed, progress=False, noise=noise)
+    cfg = TrainConfig(method=method, steps=2000, seed=seed, progress=False, noise=noise, channels_last=channels_last)
     trainer = MiracleTrainer(vmodel, layers, posteriors, dl, cfg, seed=seed)
     info = {"groups": len(plans), "blocks": sum(p.num_blocks for p in plans),
             "values": sum(p.num_values for p in plans)}
@@ -148,7 +149,7 @@ class PlainStep:
         self.opt.step()
 
 
-def configs_for(name: str, methods: list[str], noises: tuple[str, ...] = ("local",)):
+def configs_for(name: str, methods: list[str], noises: tuple[str, ...] = ("local",), channels_last: bool = False):
     make, data, batch, n, budget, ratio = MODELS[name]
     gen = torch.Generator().manual_seed(1)
     x, y = data(n, gen)
@@ -156,12 +157,21 @@ def configs_for(name: str, methods: list[str], noises: tuple[str, ...] = ("local
     model = make()
     weights = sum(m.weight.numel() for m in model.modules() if type(m) in (nn.Linear, nn.Conv2d))
     out = [("plain", PlainStep(model, loader(x, y, batch)), {})]
+    if channels_last:   # the plain network in channels_last too (its own best CPU layout)
+        twin = make()
+        twin.load_state_dict(model.state_dict())
+        out.append(("plain, channels_last", PlainStep(twin.to(memory_format=torch.channels_last),
+                                                      loader(x, y, batch)), {}))
     for method in methods:
         for noise in noises:
             for hashing in (None, ratio):
                 trainer, info = build_trainer(model, loader(x, y, batch), method, budget, hashing, noise=noise)
                 label = f"{method}" + (f", hashing x{ratio:g}" if hashing else "") + NOISE_LABEL[noise]
                 out.append((label, trainer.train_step, info))
+                if channels_last:
+                    trainer, info = build_trainer(model, loader(x, y, batch), method, budget, hashing, noise=noise,
+                                                  channels_last=True)
+                    out.append((label + ", channels_last", trainer.train_step, info))
     meta = {"weights": weights, "batch": batch, "input": list(x.shape[1:]), "budget_bytes": budget}
     return out, meta
 
@@ -170,8 +180,9 @@ def _faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def measure(name: str, methods: list[str], repeats: int, warmup: int, noises: tuple[str, ...] = ("local",)) -> dict:
-    configs, meta = configs_for(name, methods, noises)
+def measure(name: str, methods: list[str], repeats: int, warmup: int, noises: tuple[str, ...] = ("local",),
+            channels_last: bool = False) -> dict:
+    configs, meta = configs_for(name, methods, noises, channels_last)
     times = {label: [] for label, _, _ in configs}
     cpu = {label: [] for label, _, _ in configs}
     faults = {label: [] for label, _, _ in configs}
@@ -307,6 +318,8 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", default="mean-var,mean-kl")
     ap.add_argument("--noise", default="local,weights",
                     help="TrainConfig.noise values to time: local (local reparameterisation), weights (one sample per step)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="also time every step with TrainConfig.channels_last (and the plain network in channels_last)")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
@@ -331,7 +344,8 @@ def main(argv=None) -> None:
     res = {"env": env, "models": {}}
     for name in models:
         print(f"{LABELS[name]}:", flush=True)
-        res["models"][name] = measure(name, methods, args.repeats, args.warmup, tuple(args.noise.split(",")))
+        res["models"][name] = measure(name, methods, args.repeats, args.warmup, tuple(args.noise.split(",")),
+                                         args.channels_last)
     if args.profile:
         res["profile"] = {name: profile(name, methods) for name in models}
     results[args.label] = res

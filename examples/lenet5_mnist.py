@@ -25,6 +25,9 @@ the decoded weights (or, when the file has no graph, the numpy-decoded weights i
 `--noise weights` samples the weights once per step instead of local reparameterisation's noise per
 pre-activation: each step about half the time, errors within the recipes' seed spread
 (bench/results/lenet5_mnist.md), files of their own (not the bundled ones).
+`--channels-last` computes the convolutions in channels_last memory format (1.3-1.5x faster steps on a
+CPU); with `--shift` the batches already have channels_last strides (the recipes above run so already),
+and the flag gives the same file.
 An interrupted run given the same `--checkpoint` continues where it stopped and ends with the same file.
 Runs given the same `--trained-checkpoint` train once: later ones start coding from the trained state.
 `--results FILE.json` adds the run's record (sizes, error, times, KL history) for bench/lenet5_mnist.py.
@@ -138,6 +141,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--noise", choices=["local", "weights"], default="local",
                     help="training noise: a normal per pre-activation (local reparameterisation, two products "
                          "per layer) or one weight sample per step (one product per layer, about twice as fast)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="the convolutions (and max-pools) in channels_last memory format: on a CPU a step is "
+                         "1.3-1.5x faster. With --shift it changes nothing: shifted batches already arrive with "
+                         "channels_last strides, so the recipes above already compute in that layout")
     ap.add_argument("--refine-sweeps", type=int, default=0,
                     help="after coding, sweeps re-choosing each index for the loss (Fisher-weighted model)")
     ap.add_argument("--retrain-lr", type=float, default=None,
@@ -193,7 +200,7 @@ def main(argv=None) -> dict:
                       teacher=model if args.distill > 0 else None, distill_weight=args.distill,
                       distill_temperature=args.temperature, retrain_lr_factor=args.retrain_lr,
                       hashing=hashing, biases=args.biases, greedy=args.choice == "greedy", seed=args.seed,
-                      noise=args.noise,
+                      noise=args.noise, channels_last=args.channels_last,
                       device=args.device, checkpoint=args.checkpoint,
                       trained_checkpoint=args.trained_checkpoint, progress=not args.no_progress,
                       example_input=torch.zeros(1, 1, 28, 28),
@@ -203,6 +210,7 @@ def main(argv=None) -> dict:
     err, how = test_error_of_file(args.out)
     record = {"label": args.label or Path(args.out).stem, "out": str(args.out), "budget_bytes": args.budget,
               "method": args.method, "index_bits": args.bits, "steps": args.steps, "noise": args.noise,
+              **({"channels_last": True} if args.channels_last else {}),
               "retrain_steps": args.retrain_steps, "blocks_per_round": args.blocks_per_round,
               "hashing": args.hashing, "kl_margin": args.kl_margin, "biases": args.biases,
               "greedy": args.choice == "greedy", "shift": args.shift, "retrain_lr": args.retrain_lr,

@@ -70,10 +70,10 @@ def test_example_runs_end_to_end_from_a_chosen_starting_network(tmp_path):
     out, results = tmp_path / "tiny.mrc", tmp_path / "runs.json"
     record = main(["--budget", "150", "--bits", "8", "--steps", "20", "--retrain-steps", "1",
                    "--blocks-per-round", "40", "--threads", "1", "--no-progress", "--shift", "1", "--noise", "weights",
-                   "--init", str(EXAMPLES / "lenet5-pretrained-shift1.safetensors"),
+                   "--channels-last", "--init", str(EXAMPLES / "lenet5-pretrained-shift1.safetensors"),
                    "--out", str(out), "--results", str(results)])
     assert mrcformat.validate_file(out) == []
     assert record["init"] == "lenet5-pretrained-shift1.safetensors" and record["payload_bytes"] <= 150
-    assert record["noise"] == "weights"
+    assert record["noise"] == "weights" and record["channels_last"] is True
     assert json.loads(results.read_text())[0]["label"] == "tiny"
     assert record["test_error_percent"] == round(test_error_of_file(out)[0], 2)

@@ -221,7 +221,12 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
             reparameterisation, the default): where Linear/Conv2d carry the work a step then costs
             about a plain training step instead of ~2x (bench/train_step.py), with noise shared by
             the batch; LeNet-5 kept its errors (bench/results/lenet5_recipe_time.md), silero-vad
-            fine-tuning did not (bench/results/silero_finetune_noise.md). `trained_checkpoint=PATH` keeps the state at the end of training
+            fine-tuning did not (bench/results/silero_finetune_noise.md). `channels_last=True` runs the
+            coded Conv2d layers (and so what follows them) in channels_last memory format: on a CPU,
+            oneDNN's convolutions and torch's max-pool are much faster in it (a weight-noise LeNet-5
+            step 1.5x); sums round differently, so a run differs from the default layout's, and a
+            model whose forward calls `.view` on a conv output needs `.reshape` (or `.flatten`).
+            `trained_checkpoint=PATH` keeps the state at the end of training
             there; a later run that differs only in how it codes (retrain_steps, retrain_lr_factor,
             blocks_per_round, final_steps, greedy) starts from it and ends with the file it would
             have made from scratch.
@@ -259,8 +264,9 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
                 "kl_margin": kl_margin, "init_std_ratio": init_std_ratio, "layout": layout,
                 "batch_transform": repr(batch_transform),
                 **{f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in volatile}}
-    if cfg.noise == "local":    # the default is left out: checkpoints made before the option still match
-        del settings["noise"]
+    for name, default in (("noise", "local"), ("channels_last", False)):
+        if settings[name] == default:   # defaults left out: checkpoints made before the option still match
+            del settings[name]
     if not labelled:        # the objective: reproduce the original model's outputs
         distill = Distillation(teacher if teacher is not None else model, distill_temperature, 1.0, divergence)
     else:

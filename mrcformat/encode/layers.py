@@ -105,9 +105,14 @@ class _Buffers:
 
     def get(self, key: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         dtype = dtype or like.dtype
+        # channels_last products (TrainConfig.channels_last) get channels_last buffers, so that the
+        # elementwise work runs over matching layouts; everything else is contiguous as it always was
+        fmt = (torch.channels_last if like.dim() == 4 and not like.is_contiguous()
+               and like.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
         b = self.tensors.get(key)
-        if b is None or b.shape != like.shape or b.dtype != dtype or b.device != like.device:
-            b = self.tensors[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
+        if (b is None or b.shape != like.shape or b.dtype != dtype or b.device != like.device
+                or not b.is_contiguous(memory_format=fmt)):
+            b = self.tensors[key] = torch.empty(like.shape, dtype=dtype, device=like.device, memory_format=fmt)
         return b
 
 
@@ -191,7 +196,10 @@ class VariationalLayer(nn.Module):
         var = self._op(x2, w_var, b_var if self.coded_bias else None)
         # the noise stream: one standard normal per pre-activation, drawn like torch.randn(out.shape)
         bufs = self._ws.take()
-        noise = bufs.get("noise", out).normal_(generator=self.generator)
+        noise = bufs.get("noise", out)
+        # drawn in memory order through a contiguous view: normal_ on a channels_last tensor itself
+        # takes torch's slow strided path (~8x slower)
+        (noise if noise.is_contiguous() else noise.permute(0, 2, 3, 1)).normal_(generator=self.generator)
         if torch.is_grad_enabled() and (out.requires_grad or var.requires_grad):
             return _Sample.apply(out, var, noise, bufs, self._ws)
         return out + torch.sqrt(var.clamp_min(0) + _VAR_FLOOR) * noise
@@ -212,8 +220,13 @@ class VariationalConv2d(VariationalLayer):
         if layer.padding_mode != "zeros":
             raise ValueError("only zero padding is supported")
         self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+        self.channels_last = False  # set by the trainer (TrainConfig.channels_last)
 
     def _op(self, x, w, b):
+        if self.channels_last:
+            # a channels_last weight makes the convolution (and so the rest of the network) run in
+            # that layout. `.to`, not `.contiguous`: the latter keeps a 1-input-channel weight as it is.
+            w = w.to(memory_format=torch.channels_last)
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
 

@@ -61,6 +61,9 @@ class TrainConfig:
     generator: str = "auto"         # candidate scorer: "native" (compiled kernels), "numpy", "torch" or "auto"
     noise: str = "local"            # "local": a normal per pre-activation (local reparameterisation) in Linear/Conv2d;
                                     # "weights": one weight sample per step, per coded value (the cost of a plain step)
+    channels_last: bool = False     # coded Conv2d layers compute in channels_last memory format: on a CPU
+                                    # oneDNN's convolutions and torch's max-pool run much faster in it (LeNet-5);
+                                    # the sums round differently, so runs differ from the default layout's
     checkpoint: str | None = None
     checkpoint_every: int = 500     # actions between checkpoints
     trained_checkpoint: str | None = None  # state at the end of training, shared by runs that differ only in coding
@@ -168,6 +171,8 @@ class MiracleTrainer:
         self.noise.manual_seed(config.seed * 2654435761 % (1 << 63) + 12345)
         for layer in layers.values():
             layer.generator = self.noise
+            if hasattr(layer, "channels_last"):
+                layer.channels_last = bool(config.channels_last)
         self._owner = {}  # coded tensor name -> posterior index
         for i, p in enumerate(posteriors):
             for name, _ in p.plan.spec.members:
@@ -233,6 +238,16 @@ class MiracleTrainer:
         return out
 
     def forward(self, x):
+        try:
+            return self._forward(x)
+        except RuntimeError as e:
+            if self.cfg.channels_last and "view size is not compatible" in str(e):
+                raise RuntimeError(f"{e}\nWith channels_last=True the conv outputs are channels_last tensors: "
+                                   "the model's forward must use .reshape (or .flatten) where it uses .view on "
+                                   "them, or train without channels_last") from e
+            raise
+
+    def _forward(self, x):
         moments = self.set_moments()
         if not self.generic:
             return self.model(x) if isinstance(x, torch.Tensor) else call(self.model, x)
