@@ -44,7 +44,7 @@ def _eval(path: Path) -> dict:
 
 def run(budgets: list[float], steps: int, index_bits: int, batch: int, work: Path, divergence, lr: float | None,
         log, method: str = "mean-kl", stream: int = 0, tracks: int = 1, per_row: bool = True,
-        greedy: bool = False, noise: str = "local") -> list[dict]:
+        greedy: bool = False, noise: str = "local", seed: int = 0) -> list[dict]:
     import torch
 
     from mrcformat.encode.onnx_compress import analyse
@@ -67,13 +67,13 @@ def run(budgets: list[float], steps: int, index_bits: int, batch: int, work: Pat
         opts = ({"lr": lr} if lr is not None else {}) | {"method": method, "per_row": per_row, "greedy": greedy,
                                                              "noise": noise}
         t0 = time.perf_counter()
-        r = finetune_onnx(an, out, f"{b}bpw", steps=steps, index_bits=index_bits, progress=True,
+        r = finetune_onnx(an, out, f"{b}bpw", steps=steps, index_bits=index_bits, progress=True, seed=seed,
                           divergence=divergence, keep_better=False, **opts)
         wall = time.perf_counter() - t0
         # the fine-tuning run's starting file again (deterministic: same analysis, budget, seed), kept to evaluate it
         post_path = work / f"post_{b}bpw.mrc"
         from mrcformat.encode.onnx_compress import compress_onnx
-        post = compress_onnx(an, post_path, f"{b}bpw", index_bits=index_bits, progress=False)
+        post = compress_onnx(an, post_path, f"{b}bpw", index_bits=index_bits, seed=seed, progress=False)
         ev_post, ev_ft = _eval(post_path), _eval(out)
         row = dict(budget_bpw=b, steps=steps, index_bits=index_bits, coded_weights=an.coded_weights,
                    post_bytes=post.file_bytes, ft_bytes=r.file_bytes,
@@ -81,7 +81,7 @@ def run(budgets: list[float], steps: int, index_bits: int, batch: int, work: Pat
                    ft_bits_per_param=8 * r.file_bytes / an.coded_weights,
                    post_distortion=post.measured_distortion, ft_distortion=r.measured_distortion,
                    seconds=r.seconds, wall_seconds=wall, method=method, stream=stream, tracks=tracks, batch=batch,
-                   per_row=per_row, greedy=greedy, noise=noise,
+                   per_row=per_row, greedy=greedy, noise=noise, **({"seed": seed} if seed else {}),
                    post={k: v for k, v in ev_post.items()}, ft={k: v for k, v in ev_ft.items()})
         rows.append(row)
         log(f"{b} bpw: D post {post.measured_distortion:.4g} fine-tuned {r.measured_distortion:.4g}; "
@@ -113,6 +113,7 @@ def _setting(r: dict) -> str:
     rows = ", row scales" if r.get("per_row") else ""   # rows before per-row training had none
     rows += ", greedy" if r.get("greedy") else ""
     rows += ", weight noise" if r.get("noise", "local") == "weights" else ""
+    rows += f", seed {r['seed']}" if r.get("seed") else ""
     return f"{r['method']}, {r['steps']} steps, {r['index_bits']}-bit blocks{rows}, {how}{data}"
 
 
@@ -121,8 +122,8 @@ def write(rows: list[dict], meta: dict, append: bool = False) -> None:
     old = RESULTS / "silero_finetune.json"
     if append and old.exists():  # rows of other settings kept; a row of the same setting replaced
         key = ("budget_bpw", "steps", "index_bits", "method", "stream", "tracks", "batch", "per_row", "greedy")
-        def setting(r):  # rows recorded before the noise option trained with local noise
-            return (*(r.get(k) for k in key), r.get("noise", "local"))
+        def setting(r):  # rows recorded before the noise and seed options: local noise, seed 0
+            return (*(r.get(k) for k in key), r.get("noise", "local"), r.get("seed", 0))
         new = {setting(r) for r in rows}
         prev = json.loads(old.read_text())
         rows = [r for r in prev["rows"] if setting(r) not in new] + rows
@@ -156,15 +157,20 @@ def write(rows: list[dict], meta: dict, append: bool = False) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 6.5))
-    settings = list(dict.fromkeys(_setting(r) for r in rows))
+    fig, ax = plt.subplots(figsize=(8, 7.5))
+    def unseeded(r):  # runs that differ only in their seed share a colour and a legend entry
+        return _setting({k: v for k, v in r.items() if k != "seed"})
+    settings = list(dict.fromkeys(unseeded(r) for r in rows))
     for k, name in enumerate(settings):
-        rs = sorted((r for r in rows if _setting(r) == name), key=lambda r: r["budget_bpw"])
+        rs = sorted((r for r in rows if unseeded(r) == name), key=lambda r: r["budget_bpw"])
         bpp = [r["ft_bits_per_param"] for r in rs]
         if k == 0:
             ax.plot(bpp, [r["post"]["frame_agreement"] for r in rs], "o--", color="grey",
                     label=f"post-training start ({rs[0]['index_bits']}-bit blocks, training feeds)")
-        ax.plot(bpp, [r["ft"]["frame_agreement"] for r in rs], "o-", label=f"fine-tuned: {name}")
+        seeds = len({r.get("seed", 0) for r in rs})
+        style = "o-" if len({r["budget_bpw"] for r in rs}) == len(rs) else "o"   # several seeds: points only
+        ax.plot(bpp, [r["ft"]["frame_agreement"] for r in rs], style, alpha=0.8,
+                label=f"fine-tuned: {name}" + (f" ({seeds} seeds)" if seeds > 1 else ""))
     pts = _post_training_16bit()
     if pts:
         ax.plot([8 * b / rows[0]["coded_weights"] for b, _ in pts], [a for _, a in pts], "s:",
@@ -197,6 +203,8 @@ def main(argv=None) -> int:
                     help="one coding sigma per tensor in the fine-tuned file (finetune_onnx per_row=False)")
     ap.add_argument("--greedy", action="store_true", help="code each block's best candidate (finetune_onnx greedy=True)")
     ap.add_argument("--noise", default="local", choices=["local", "weights"], help="training noise (TrainConfig.noise)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="finetune_onnx's seed: the starting file's coding seed and the training run's seed")
     ap.add_argument("--work", default="/tmp/silero_finetune")
     ap.add_argument("--note", default="")
     ap.add_argument("--no-write", action="store_true")
@@ -219,14 +227,20 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows = run([float(b) for b in a.budgets.split(",")], a.steps, a.index_bits, a.batch, work, a.divergence, a.lr,
-               lambda m: print(m, flush=True), a.method, a.stream, a.tracks, not a.no_per_row, a.greedy, a.noise)
+               lambda m: print(m, flush=True), a.method, a.stream, a.tracks, not a.no_per_row, a.greedy, a.noise,
+               a.seed)
     args = " ".join(sys.argv[1:] if argv is None else argv)
     args = re.sub(r" ?--(work|note) \S+( [^-]\S*)*", "", args)  # paths and the free-text note
     meta = dict(argv=args, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch 1 thread", note=a.note,
                 total_seconds=time.perf_counter() - t0)
     if not a.no_write:
-        write(rows, meta, a.append)
+        import fcntl
+
+        RESULTS.mkdir(exist_ok=True)
+        with open(RESULTS / ".silero_finetune.lock", "w") as lock:  # runs started side by side merge in turn
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            write(rows, meta, a.append)
     return 0
 
 

@@ -460,8 +460,9 @@ def _budgets(text: str) -> list[str]:
 @click.option("--noise", type=click.Choice(["local", "weights"]), default="local", show_default=True,
               help="With --steps: training noise. local: a normal per pre-activation of each Linear/Conv (local "
                    "reparameterisation, two products per layer); weights: one weight sample per step (one product "
-                   "per Linear/Conv: faster where those carry the work, noise shared by the batch; on silero-vad "
-                   "it fine-tuned to far lower agreement, bench/results/silero_finetune_noise.md).")
+                   "per Linear/Conv: faster where those carry the work, noise shared by the batch). An ONNX "
+                   "model's tensors are sampled once per step either way; on silero-vad weight noise still gave "
+                   "lower agreement in all 5 seeds, cause not found (bench/results/silero_finetune_noise.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report(s) as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compress(model: str, budget: str | None, budgets: str | None, calibration: str, output: str, index_bits: int,

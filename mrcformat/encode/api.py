@@ -220,8 +220,10 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
             file) instead of a normal per pre-activation of each Linear/Conv2d (`"local"`, local
             reparameterisation, the default): where Linear/Conv2d carry the work a step then costs
             about a plain training step instead of ~2x (bench/train_step.py), with noise shared by
-            the batch; LeNet-5 kept its errors (bench/results/lenet5_recipe_time.md), silero-vad
-            fine-tuning did not (bench/results/silero_finetune_noise.md). `channels_last=True` runs the
+            the batch; LeNet-5 kept its errors (bench/results/lenet5_recipe_time.md). Other coded
+            tensors are sampled once per step either way; on silero-vad fine-tuning (no Linear/Conv2d)
+            weight noise still ended lower in all five seeds, cause not found
+            (bench/results/silero_finetune_noise.md). `channels_last=True` runs the
             coded Conv2d layers (and so what follows them) in channels_last memory format: on a CPU,
             oneDNN's convolutions and torch's max-pool are much faster in it (a weight-noise LeNet-5
             step 1.5x); sums round differently, so a run differs from the default layout's, and a
