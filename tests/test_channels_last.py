@@ -99,6 +99,24 @@ def test_local_noise_is_the_stream_in_memory_order_and_its_gradients_are_autogra
         assert torch.equal(a, b_)
 
 
+def test_off_a_channels_last_input_keeps_the_noise_of_the_default_layout():
+    """Batches with channels_last strides (RandomShift's 1-channel ones) make channels_last products even
+    with the option off; the noise must still be drawn in NCHW order, as before the option existed (the
+    bundled recipes' files depend on it)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 8, 6, 10, generator=g).to(memory_format=CL)
+    wm, wv = torch.randn(5, 8, 3, 3, generator=g), torch.rand(5, 8, 3, 3, generator=g) * 0.01
+    bm, bv = torch.randn(5, generator=g), torch.rand(5, generator=g) * 0.01
+    layer = _layer(8, 5, channels_last=False)
+    layer.generator = torch.Generator().manual_seed(9)
+    layer.set_moments(wm, wv, bm, bv)
+    y = layer(x)
+    assert y.is_contiguous(memory_format=CL)                   # oneDNN followed the input's layout
+    out, var = F.conv2d(x, wm, bm, padding=1), F.conv2d(x * x, wv, bv, padding=1)
+    noise = torch.randn(y.shape, generator=torch.Generator().manual_seed(9))      # NCHW order
+    assert torch.equal(y, out + torch.sqrt(var.clamp_min(0) + 1e-16) * noise)
+
+
 def _trainer(channels_last, method="mean-var"):
     torch.manual_seed(0)
     net = _Net()

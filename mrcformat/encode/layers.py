@@ -102,13 +102,15 @@ class _Buffers:
 
     def __init__(self) -> None:
         self.tensors: dict[str, torch.Tensor] = {}
+        self.channels_last = False      # set per call by the layer (TrainConfig.channels_last)
 
     def get(self, key: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         dtype = dtype or like.dtype
-        # channels_last products (TrainConfig.channels_last) get channels_last buffers, so that the
-        # elementwise work runs over matching layouts; everything else is contiguous as it always was
-        fmt = (torch.channels_last if like.dim() == 4 and not like.is_contiguous()
-               and like.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+        # with the option on, 4-d buffers are channels_last like the products, so the elementwise work
+        # runs over matching layouts. Off, they stay contiguous even for a channels_last product (an
+        # input with channels_last strides makes one): the noise is drawn in the buffer's memory order,
+        # so its layout decides which normal each pre-activation gets, as it always has.
+        fmt = torch.channels_last if self.channels_last and like.dim() == 4 else torch.contiguous_format
         b = self.tensors.get(key)
         if (b is None or b.shape != like.shape or b.dtype != dtype or b.device != like.device
                 or not b.is_contiguous(memory_format=fmt)):
@@ -196,6 +198,7 @@ class VariationalLayer(nn.Module):
         var = self._op(x2, w_var, b_var if self.coded_bias else None)
         # the noise stream: one standard normal per pre-activation, drawn like torch.randn(out.shape)
         bufs = self._ws.take()
+        bufs.channels_last = bool(getattr(self, "channels_last", False))
         noise = bufs.get("noise", out)
         # drawn in memory order through a contiguous view: normal_ on a channels_last tensor itself
         # takes torch's slow strided path (~8x slower)
