@@ -25,8 +25,8 @@ the decoded weights (or, when the file has no graph, the numpy-decoded weights i
 `--noise weights` samples the weights once per step instead of local reparameterisation's noise per
 pre-activation: each step about half the time, errors within the recipes' seed spread
 (bench/results/lenet5_mnist.md), files of their own (not the bundled ones).
-`--channels-last` computes the convolutions in channels_last memory format (1.3-1.5x faster steps on a
-CPU); with `--shift` the batches already have channels_last strides (the recipes above run so already):
+`--channels-last` computes the convolutions in channels_last memory format (1.2-1.45x faster LeNet-5
+steps on a CPU); with `--shift` the batches already have channels_last strides (the recipes above run so already):
 with `--noise weights` the flag then gives the same file; with local noise another one (the noise is
 drawn in channels_last order), at about the same speed.
 An interrupted run given the same `--checkpoint` continues where it stopped and ends with the same file.
@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
                          "per layer) or one weight sample per step (one product per layer, about twice as fast)")
     ap.add_argument("--channels-last", action="store_true",
                     help="the convolutions (and max-pools) in channels_last memory format: on a CPU a step is "
-                         "1.3-1.5x faster. With --shift little changes: shifted batches already arrive with "
+                         "1.2-1.45x faster (LeNet-5). With --shift little changes: shifted batches already arrive with "
                          "channels_last strides, so the recipes above already compute in that layout (with "
                          "--noise weights the same file; with local noise the noise is drawn in another order)")
     ap.add_argument("--refine-sweeps", type=int, default=0,

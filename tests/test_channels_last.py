@@ -11,17 +11,14 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+import test_weight_noise as wn  # its data, loader, trainer and compress set-ups, with this file's net
 import torch.nn.functional as F
+from test_weight_noise import _data, _loader
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import mrcformat
 from mrcformat.encode import Interrupted, compress
-from mrcformat.encode.api import coded_layer_specs
-from mrcformat.encode.blocks import allocate_blocks, build_plan
-from mrcformat.encode.layers import VariationalConv2d, make_variational
-from mrcformat.encode.posterior import GroupPosterior
-from mrcformat.encode.train import MiracleTrainer, TrainConfig
+from mrcformat.encode.layers import VariationalConv2d
 from mrcformat.validate import validate_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
@@ -41,16 +38,6 @@ class _Net(nn.Module):
         x = F.max_pool2d(torch.relu(self.c1(x)), 2)              # 8 x 4x8
         x = F.max_pool2d(torch.relu(self.c2(x)), 2)              # 6 x 2x4
         return self.f1(x.flatten(1))
-
-
-def _data(n=96, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 16, generator=g)
-    return x, (x.mean((1, 2, 3)) * 8).long().clamp(-2, 1) + 2
-
-
-def _loader(x, y, seed=0):
-    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
 def _layer(cin, cout, channels_last=True):
@@ -118,17 +105,7 @@ def test_off_a_channels_last_input_keeps_the_noise_of_the_default_layout():
 
 
 def _trainer(channels_last, method="mean-var"):
-    torch.manual_seed(0)
-    net = _Net()
-    x, y = _data()
-    specs = coded_layer_specs(net, "coded", 2.0)
-    plans = build_plan(specs, allocate_blocks(specs, 80, 8, "sqrt"), 8, 3)
-    params = dict(net.state_dict())
-    posts = [GroupPosterior(p, method, torch.cat([params[n].reshape(-1) for n, _ in p.spec.members]))
-             for p in plans]
-    vmodel, layers, generic = make_variational(net, {n for s in specs for n, _ in s.members})
-    cfg = TrainConfig(method=method, steps=6, progress=False, noise="weights", channels_last=channels_last)
-    return MiracleTrainer(vmodel, layers, posts, _loader(x, y), cfg, seed=3, generic=generic)
+    return wn._trainer(method, noise="weights", net_class=_Net, channels_last=channels_last)[0]
 
 
 @pytest.mark.parametrize("method", ["mean-var", "mean-kl"])
@@ -144,14 +121,7 @@ def test_a_step_computes_what_the_default_layout_computes(method):
 
 
 def _compress(**kw):
-    torch.manual_seed(0)
-    net = _Net()
-    x, y = _data()
-    opts = {"budget_bytes": 100, "method": "mean-var", "index_bits": 8, "steps": 30, "retrain_steps": 1,
-            "blocks_per_round": 8, "seed": 3, "progress": False, "example_input": x[:1], "noise": "weights",
-            "hashing": 2.0, "channels_last": True}
-    opts.update(kw)
-    return compress(net, _loader(x, y), **opts)
+    return wn._compress(_Net, **{"budget_bytes": 100, "channels_last": True, **kw})
 
 
 @pytest.mark.parametrize("noise", ["local", "weights"])

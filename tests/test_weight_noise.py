@@ -52,9 +52,10 @@ def _loader(x, y, seed=0):
     return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
-def _trainer(method="mean-var", hashing=2.0, noise="weights"):
+def _trainer(method="mean-var", hashing=2.0, noise="weights", net_class=None, **config):
+    """A trainer set up as compress does (80-byte budget, 8-bit blocks); `config`: more TrainConfig fields."""
     torch.manual_seed(0)
-    net = _Net()
+    net = (net_class or _Net)()
     x, y = _data()
     specs = coded_layer_specs(net, "coded", hashing)
     plans = build_plan(specs, allocate_blocks(specs, 80, 8, "sqrt"), 8, 3)
@@ -62,7 +63,7 @@ def _trainer(method="mean-var", hashing=2.0, noise="weights"):
     posts = [GroupPosterior(p, method, torch.cat([params[n].reshape(-1) for n, _ in p.spec.members]))
              for p in plans]
     vmodel, layers, generic = make_variational(net, {n for s in specs for n, _ in s.members})
-    cfg = TrainConfig(method=method, steps=6, progress=False, noise=noise)
+    cfg = TrainConfig(method=method, steps=6, progress=False, noise=noise, **config)
     return MiracleTrainer(vmodel, layers, posts, _loader(x, y), cfg, seed=3, generic=generic), x
 
 
@@ -161,9 +162,9 @@ def test_unknown_noise_is_refused():
 
 
 # --- whole runs ------------------------------------------------------------------------------------
-def _compress(**kw):
+def _compress(net_class=None, **kw):
     torch.manual_seed(0)
-    net = _Net()
+    net = (net_class or _Net)()
     x, y = _data()
     opts = {"budget_bytes": 120, "method": "mean-var", "index_bits": 8, "steps": 30, "retrain_steps": 1,
             "blocks_per_round": 8, "seed": 3, "progress": False, "example_input": x[:1], "noise": "weights",

@@ -225,8 +225,8 @@ def compress(model: nn.Module, train_loader, budget_bytes: int, *, method: str =
             weight noise still ended lower in all five seeds, cause not found
             (bench/results/silero_finetune_noise.md). `channels_last=True` runs the
             coded Conv2d layers (and so what follows them) in channels_last memory format: on a CPU,
-            oneDNN's convolutions and torch's max-pool are much faster in it (a weight-noise LeNet-5
-            step 1.5x); sums round differently, so a run differs from the default layout's, and a
+            oneDNN's convolutions and torch's max-pool are much faster in it (a hashed weight-noise LeNet-5
+            step 1.43x); sums round differently, so a run differs from the default layout's, and a
             model whose forward calls `.view` on a conv output needs `.reshape` (or `.flatten`).
             `trained_checkpoint=PATH` keeps the state at the end of training
             there; a later run that differs only in how it codes (retrain_steps, retrain_lr_factor,

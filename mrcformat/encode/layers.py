@@ -162,6 +162,8 @@ class _Workspace:
 class VariationalLayer(nn.Module):
     """Common part: moments slots, the noise generator and the sampled forward."""
 
+    channels_last = False   # VariationalConv2d: compute in channels_last (set by the trainer)
+
     def __init__(self, weight_name: str, bias_name: str | None, coded_bias: bool, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.weight_name, self.bias_name, self.coded_bias = weight_name, bias_name, coded_bias
@@ -198,7 +200,7 @@ class VariationalLayer(nn.Module):
         var = self._op(x2, w_var, b_var if self.coded_bias else None)
         # the noise stream: one standard normal per pre-activation, drawn like torch.randn(out.shape)
         bufs = self._ws.take()
-        bufs.channels_last = bool(getattr(self, "channels_last", False))
+        bufs.channels_last = self.channels_last
         noise = bufs.get("noise", out)
         # drawn in memory order through a contiguous view: normal_ on a channels_last tensor itself
         # takes torch's slow strided path (~8x slower)
@@ -223,7 +225,6 @@ class VariationalConv2d(VariationalLayer):
         if layer.padding_mode != "zeros":
             raise ValueError("only zero padding is supported")
         self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
-        self.channels_last = False  # set by the trainer (TrainConfig.channels_last)
 
     def _op(self, x, w, b):
         if self.channels_last:

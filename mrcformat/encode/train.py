@@ -31,7 +31,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .coding import candidate_scorer, candidate_source, code_blocks
 from .distributed import CodingGroup
 from .kl_control import BlockBeta
-from .layers import _VAR_FLOOR
+from .layers import _VAR_FLOOR, VariationalConv2d
 from .posterior import GroupPosterior
 from .signature import batch_size, call, split_batch, to_device
 
@@ -171,7 +171,7 @@ class MiracleTrainer:
         self.noise.manual_seed(config.seed * 2654435761 % (1 << 63) + 12345)
         for layer in layers.values():
             layer.generator = self.noise
-            if hasattr(layer, "channels_last"):
+            if isinstance(layer, VariationalConv2d):
                 layer.channels_last = bool(config.channels_last)
         self._owner = {}  # coded tensor name -> posterior index
         for i, p in enumerate(posteriors):
